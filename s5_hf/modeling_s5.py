@@ -1,0 +1,700 @@
+"""S5: plain ViT backbone with per-dataset FFN experts (MoE-MDF), multi-scale neck and UperNet decoders."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput, SemanticSegmenterOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_s5 import S5Config
+
+VOID_ID = 255  # the universal "no label" id of every S5 mask (see label_sets.py)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class S5ModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_patches, hidden_size)`):
+            Output of the last block (the backbone has no final norm).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Mean of the last block's patch tokens: a global image descriptor (used by RS4P diversity selection).
+        feature_maps (`tuple(torch.FloatTensor)`):
+            The neck's four maps at strides 4, 8, 16 and 32, each with `hidden_size` channels.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Embedding output and every block's output, when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Attention weights of every block, when `output_attentions=True` (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class S5SemanticSegmenterOutput(SemanticSegmenterOutput):
+    """
+    `SemanticSegmenterOutput` plus what multi-task S5 models add.
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): sum over the tasks present in the batch of each task's mean
+            cross-entropy over its valid pixels (for a single-task batch: that task's mean cross-entropy).
+        logits (`torch.FloatTensor` of shape `(batch_size, num_classes, height, width)`):
+            Logits at the input resolution. In a batch mixing tasks with different class counts, each row has
+            the class count of the largest task; the extra channels of smaller tasks hold the dtype's minimum,
+            so argmax and softmax ignore them.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): see `S5ModelOutput`.
+        task_ids (`torch.LongTensor` of shape `(batch_size,)`): the task index of every row.
+        task_losses (`dict[str, torch.FloatTensor]`, *optional*): each task's mean cross-entropy.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    task_ids: torch.LongTensor | None = None
+    task_losses: dict[str, torch.FloatTensor] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task routing
+# ----------------------------------------------------------------------------------------------------------------
+class TaskRouting:
+    """Which rows of a batch belong to which task: hard routing by dataset, no learned router.
+
+    `groups` lists `(task_index, rows)`; `rows` is `None` when the whole batch is one task, so the common
+    single-task case runs without any gather or scatter.
+    """
+
+    def __init__(self, task_ids: torch.LongTensor):
+        self.task_ids = task_ids
+        present = torch.unique(task_ids).tolist()
+        if len(present) == 1:
+            self.groups: list[tuple[int, torch.LongTensor | None]] = [(present[0], None)]
+        else:
+            self.groups = [(t, (task_ids == t).nonzero(as_tuple=True)[0]) for t in present]
+
+    def apply(self, fn: Callable[[int, torch.Tensor], torch.Tensor], inputs: torch.Tensor, out_features: int):
+        """Run `fn(task, inputs[rows])` per group and scatter the results back into one batch tensor."""
+        if self.groups[0][1] is None:
+            return fn(self.groups[0][0], inputs)
+        output = inputs.new_zeros(inputs.shape[0], *inputs.shape[1:-1], out_features)
+        for task, rows in self.groups:
+            output = output.index_copy(0, rows, fn(task, inputs.index_select(0, rows)))
+        return output
+
+
+def resolve_task_ids(config: S5Config, task, batch_size: int, device: torch.device) -> torch.LongTensor:
+    """Turn `task` (None, a name, one name per sample, or task indices) into a (batch_size,) index tensor."""
+    if task is None:
+        task = config.default_task
+    if isinstance(task, str):
+        return torch.full((batch_size,), config.task_index(task), dtype=torch.long, device=device)
+    if isinstance(task, torch.Tensor):
+        task_ids = task.to(device=device, dtype=torch.long).reshape(-1)
+        if task_ids.numel() == 1:
+            task_ids = task_ids.expand(batch_size)
+        bad = task_ids[(task_ids < 0) | (task_ids >= len(config.tasks))]
+        if bad.numel():
+            raise ValueError(f"Task index {bad[0].item()} is out of range: this model has tasks {config.task_names}.")
+    else:
+        task_ids = torch.tensor([config.task_index(t) for t in task], dtype=torch.long, device=device)
+    if task_ids.shape[0] != batch_size:
+        raise ValueError(f"Got {task_ids.shape[0]} task names for a batch of {batch_size} images.")
+    return task_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backbone
+# ----------------------------------------------------------------------------------------------------------------
+class S5Embeddings(nn.Module):
+    """Patch embedding plus learned absolute position embeddings (patch tokens only, no class token)."""
+
+    def __init__(self, config: S5Config):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.grid_size = config.image_size // config.patch_size
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size**2, config.hidden_size))
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        # The official model only accepts its training size; we resample the grid bicubically for any other size.
+        if (height, width) == (self.grid_size, self.grid_size):
+            return self.position_embeddings
+        dim = self.position_embeddings.shape[-1]
+        grid = self.position_embeddings.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False)
+        return grid.to(self.position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (batch, bands, height, width), got shape {tuple(pixel_values.shape)}.")
+        _, bands, height, width = pixel_values.shape
+        if bands != self.num_channels:
+            raise ValueError(
+                f"This model expects {self.num_channels} input bands but pixel_values has {bands}. Select or "
+                f"convert the bands first (e.g. RGB from a multispectral image)."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}. Pad it first "
+                f"(S5ImageProcessor(do_pad=True) pads to a multiple of {self.patch_size}) or resize it."
+            )
+        embeddings = self.projection(pixel_values.to(self.projection.weight.dtype))
+        grid = embeddings.shape[-2:]
+        embeddings = embeddings.flatten(2).transpose(1, 2)
+        return embeddings + self.interpolate_pos_encoding(*grid), (grid[0], grid[1])
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class S5Attention(nn.Module):
+    def __init__(self, config: S5Config):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.dropout = config.attention_probs_dropout_prob
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+
+class S5DropPath(nn.Module):
+    """Stochastic depth per sample."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class S5MLP(nn.Module):
+    """The S5 FFN: shared `fc1`; `fc2` is either the full projection (single task) or the shared first
+    `hidden - part_features` output channels, with one expert per task producing the last `part_features`."""
+
+    def __init__(self, config: S5Config):
+        super().__init__()
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.part_features = config.part_features if config.use_experts else 0
+        self.fc1 = nn.Linear(hidden, inner)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(inner, hidden - self.part_features)
+        self.experts = (
+            nn.ModuleList(nn.Linear(inner, self.part_features) for _ in config.tasks) if self.part_features else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor, routing: TaskRouting) -> torch.Tensor:
+        hidden_states = self.act(self.fc1(hidden_states))
+        shared = self.fc2(hidden_states)
+        if self.experts is None:
+            return shared
+        expert = routing.apply(lambda task, rows: self.experts[task](rows), hidden_states, self.part_features)
+        return torch.cat([shared, expert], dim=-1)
+
+
+class S5Layer(GradientCheckpointingLayer):
+    """Pre-norm transformer block. Drop path acts on the FFN branch only, as in the official code."""
+
+    def __init__(self, config: S5Config, drop_path: float):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = S5Attention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = S5MLP(config)
+        self.drop_path = S5DropPath(drop_path)
+
+    def forward(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states), routing))
+        return hidden_states, attn_weights
+
+
+class S5ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class S5Neck(nn.Module):
+    """Turns the four stride-16 feature maps into strides 4, 8, 16 and 32."""
+
+    def __init__(self, config: S5Config):
+        super().__init__()
+        dim = config.hidden_size
+        self.to_stride4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+            S5ChannelLayerNorm(dim, eps=config.neck_layer_norm_eps),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+        )
+        self.to_stride8 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.to_stride32 = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return self.to_stride4(maps[0]), self.to_stride8(maps[1]), maps[2], self.to_stride32(maps[3])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder
+# ----------------------------------------------------------------------------------------------------------------
+class S5ConvBNReLU(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class S5UperNetDecoder(nn.Module):
+    """UperNet: pyramid pooling on the stride-32 map, top-down FPN, fusion of the four levels at stride 4."""
+
+    def __init__(self, config: S5Config):
+        super().__init__()
+        in_ch, ch = config.hidden_size, config.decoder_hidden_size
+        self.pool_scales = list(config.pool_scales)
+        self.psp_convs = nn.ModuleList(S5ConvBNReLU(in_ch, ch, 1) for _ in self.pool_scales)
+        self.psp_bottleneck = S5ConvBNReLU(in_ch + len(self.pool_scales) * ch, ch, 3)
+        self.lateral_convs = nn.ModuleList(S5ConvBNReLU(in_ch, ch, 1) for _ in range(3))
+        self.fpn_convs = nn.ModuleList(S5ConvBNReLU(ch, ch, 3) for _ in range(3))
+        self.fpn_bottleneck = S5ConvBNReLU(4 * ch, ch, 3)
+
+    def pyramid_pooling(self, top: torch.Tensor) -> torch.Tensor:
+        pooled = [top]
+        for scale, conv in zip(self.pool_scales, self.psp_convs):
+            level = conv(F.adaptive_avg_pool2d(top, scale))
+            pooled.append(F.interpolate(level, size=top.shape[2:], mode="bilinear", align_corners=False))
+        return self.psp_bottleneck(torch.cat(pooled, dim=1))
+
+    def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        laterals = [conv(fmap) for conv, fmap in zip(self.lateral_convs, feature_maps)]
+        laterals.append(self.pyramid_pooling(feature_maps[3]))
+        for i in range(3, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[2:], mode="bilinear", align_corners=False
+            )
+        outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)] + [laterals[3]]
+        size = outs[0].shape[2:]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
+        return self.fpn_bottleneck(torch.cat(outs, dim=1))
+
+
+class S5Classifier(nn.Sequential):
+    def __init__(self, config: S5Config, num_classes: int):
+        super().__init__(nn.Dropout2d(config.classifier_dropout), nn.Conv2d(config.decoder_hidden_size, num_classes, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained models
+# ----------------------------------------------------------------------------------------------------------------
+class S5PreTrainedModel(PreTrainedModel):
+    config: S5Config
+    config_class = S5Config
+    base_model_prefix = "s5"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["S5Embeddings", "S5Layer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # `nn.init` is looked up at call time, so transformers' guarded versions apply while loading and
+        # weights that came from a checkpoint are never overwritten.
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.zeros_(module.running_mean)
+                nn.init.ones_(module.running_var)
+                nn.init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, S5Embeddings):
+            nn.init.trunc_normal_(module.position_embeddings, std=std)
+
+
+class S5Encoder(nn.Module):
+    def __init__(self, config: S5Config):
+        super().__init__()
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layer = nn.ModuleList(S5Layer(config, rate) for rate in rates)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        routing: TaskRouting,
+        keep: set[int],
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[dict[int, torch.Tensor], tuple | None, tuple | None]:
+        """Returns the outputs of the stages in `keep` (stage i = block i-1), and optionally all of them."""
+        kept, all_hidden, all_attn = {}, (hidden_states,), ()
+        kwargs = {"output_attentions": True} if output_attentions else {}
+        for i, layer in enumerate(self.layer):
+            hidden_states, attn = layer(hidden_states, routing, **kwargs)
+            if i + 1 in keep:
+                kept[i + 1] = hidden_states
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attn += (attn,)
+        kept["last"] = hidden_states
+        return kept, all_hidden if output_hidden_states else None, all_attn if output_attentions else None
+
+
+class S5Model(S5PreTrainedModel):
+    """The S5 backbone: ViT (with per-task FFN experts when configured) and the multi-scale neck."""
+
+    def __init__(self, config: S5Config):
+        super().__init__(config)
+        self.embeddings = S5Embeddings(config)
+        self.encoder = S5Encoder(config)
+        self.neck = S5Neck(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.projection
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        task: str | Sequence[str] | torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> S5ModelOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, bands, height, width)`):
+            Normalised images; height and width must be multiples of the patch size.
+        task (`str`, `list[str]` or `torch.LongTensor`, *optional*):
+            The dataset each image belongs to: one name for the batch, one name per image, or task indices. It
+            selects the FFN expert. Defaults to `config.default_task`.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError("output_attentions=True needs attn_implementation='eager'.")
+
+        routing = TaskRouting(resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device))
+        embeddings, (grid_h, grid_w) = self.embeddings(pixel_values)
+        kept, hidden_states, attentions = self.encoder(
+            embeddings, routing, set(self.config.out_indices), output_hidden_states, output_attentions
+        )
+        batch = embeddings.shape[0]
+        maps = [
+            kept[i].transpose(1, 2).reshape(batch, -1, grid_h, grid_w) for i in self.config.out_indices
+        ]
+        last = kept["last"]
+        output = S5ModelOutput(
+            last_hidden_state=last,
+            pooler_output=last.mean(dim=1),
+            feature_maps=self.neck(maps),
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class S5Backbone(BackboneMixin, S5PreTrainedModel):
+    """S5 as a transformers backbone (e.g. for `UperNetForSemanticSegmentation`): `feature_maps` are the neck's
+    four maps at strides 4, 8, 16, 32. The stages in `config.out_indices` feed the neck."""
+
+    has_attentions = True
+
+    def __init__(self, config: S5Config):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.s5 = S5Model(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        task: str | Sequence[str] | torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.s5(
+            pixel_values,
+            task=task,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output = BackboneOutput(
+            feature_maps=outputs.feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def task_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, task_name: str = "task"
+) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose label is neither the task's ignore index nor the void id 255.
+
+    Labels outside `[0, num_classes)` that are not ignored raise an error naming them, instead of the opaque
+    device-side assertion (or silently wrong loss) of a plain `F.cross_entropy`.
+    """
+    num_classes = logits.shape[1]
+    labels = labels.long()
+    if labels.shape[-2:] != logits.shape[-2:]:
+        raise ValueError(f"{task_name}: labels are {tuple(labels.shape[-2:])} but logits are {tuple(logits.shape[-2:])}.")
+    ignored = (labels == ignore_index) | (labels == VOID_ID)
+    invalid = ~ignored & ((labels < 0) | (labels >= num_classes))
+    if invalid.any():
+        values = torch.unique(labels[invalid]).tolist()[:10]
+        raise ValueError(
+            f"{task_name}: label ids {values} are outside the {num_classes} classes 0..{num_classes - 1} "
+            f"(ignored ids: {ignore_index} and {VOID_ID})."
+        )
+    target = labels.masked_fill(ignored, -100)
+    if not (~ignored).any():  # every pixel ignored: a zero loss that still has a graph
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=-100)
+
+
+class S5ForSemanticSegmentation(S5PreTrainedModel):
+    """S5 with one UperNet decoder and classifier per task. With one task this is the S4P model; with several
+    it is the MoE-MDF model, and a batch may mix tasks freely."""
+
+    def __init__(self, config: S5Config):
+        super().__init__(config)
+        self.s5 = S5Model(config)
+        self.decoders = nn.ModuleList(S5UperNetDecoder(config) for _ in config.tasks)
+        self.classifiers = nn.ModuleList(S5Classifier(config, len(t["id2label"])) for t in config.tasks)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        task: str | Sequence[str] | torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> S5SemanticSegmenterOutput | tuple:
+        r"""
+        task (`str`, `list[str]` or `torch.LongTensor`, *optional*):
+            Dataset of each image (selects the expert, decoder and classes); defaults to `config.default_task`.
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            Class ids; the task's ignore index and 255 are ignored.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        task_ids = resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device)
+        outputs = self.s5(
+            pixel_values,
+            task=task_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        size = pixel_values.shape[-2:]
+        routing = TaskRouting(task_ids)
+        per_task = {}
+        for t, rows in routing.groups:
+            maps = outputs.feature_maps if rows is None else [f.index_select(0, rows) for f in outputs.feature_maps]
+            logits = self.classifiers[t](self.decoders[t](maps))
+            per_task[t] = F.interpolate(
+                logits, size=size, mode="bilinear", align_corners=self.config.logits_align_corners
+            )
+        logits = self._merge_logits(per_task, routing)
+
+        loss, task_losses = None, None
+        if labels is not None:
+            if labels.shape[0] != pixel_values.shape[0]:
+                raise ValueError(f"Got {labels.shape[0]} label maps for {pixel_values.shape[0]} images.")
+            task_losses = {}
+            for t, rows in routing.groups:
+                spec = self.config.tasks[t]
+                task_labels = labels if rows is None else labels.index_select(0, rows)
+                task_losses[spec["name"]] = task_cross_entropy(
+                    per_task[t], task_labels, spec["ignore_index"], spec["name"]
+                )
+            loss = sum(task_losses.values())
+
+        output = S5SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooler_output=outputs.pooler_output,
+            task_ids=task_ids,
+            task_losses=task_losses,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _merge_logits(per_task: dict[int, torch.Tensor], routing: TaskRouting) -> torch.Tensor:
+        if routing.groups[0][1] is None:
+            return per_task[routing.groups[0][0]]
+        first = next(iter(per_task.values()))
+        classes = max(t.shape[1] for t in per_task.values())
+        merged = first.new_full((routing.task_ids.shape[0], classes, *first.shape[2:]), torch.finfo(first.dtype).min)
+        for t, rows in routing.groups:
+            merged[rows, : per_task[t].shape[1]] = per_task[t]
+        return merged
+
+    # ---- conversions between single-task and multi-task models ------------------------------------------------
+    @classmethod
+    def from_single_task(
+        cls, model: S5ForSemanticSegmentation, config: S5Config, copy_decoder: bool = True
+    ) -> S5ForSemanticSegmentation:
+        """Build a multi-task model from a single-task one (S4P -> MoE-MDF initialisation, spec 1.2).
+
+        Every expert starts as the last `part_features` rows of the pretrained fc2 and the shared part as the
+        first rows, so every task computes exactly the pretrained backbone. With `copy_decoder` the pretrained
+        decoder is copied into every task's decoder; classifiers start fresh (the class counts differ).
+        """
+        if len(model.config.tasks) != 1:
+            raise ValueError(f"from_single_task needs a single-task model, got tasks {model.config.task_names}.")
+        _check_same_backbone(model.config, config)
+        new = cls(config)
+        source = model.s5.state_dict()
+        target = {}
+        split = config.hidden_size - config.part_features if config.use_experts else config.hidden_size
+        for key, value in source.items():
+            if ".mlp.fc2." in key and config.use_experts:
+                target[key] = value[:split]
+                for e in range(len(config.tasks)):
+                    target[key.replace(".mlp.fc2.", f".mlp.experts.{e}.")] = value[split:]
+            else:
+                target[key] = value
+        new.s5.load_state_dict(target, strict=True)
+        if copy_decoder:
+            for decoder in new.decoders:
+                decoder.load_state_dict(model.decoders[0].state_dict())
+        return new
+
+    def extract_task(self, name: str) -> S5ForSemanticSegmentation:
+        """A plain single-task model for task `name`: its expert folded into the FFN, its decoder and classifier.
+
+        It computes the same function as this model on that task, with the parameter count of a single-task model.
+        """
+        index = self.config.task_index(name)
+        spec = self.config.tasks[index]
+        config = copy.deepcopy(self.config)
+        config.tasks = [copy.deepcopy(spec)]
+        config.set_default_task(spec["name"])
+        single = type(self)(config)
+        state = {}
+        for key, value in self.s5.state_dict().items():
+            if ".mlp.experts." in key:
+                continue
+            if ".mlp.fc2." in key and self.config.use_experts:
+                expert_key = key.replace(".mlp.fc2.", f".mlp.experts.{index}.")
+                value = torch.cat([value, self.s5.state_dict()[expert_key]], dim=0)
+            state[key] = value
+        single.s5.load_state_dict(state, strict=True)
+        single.decoders[0].load_state_dict(self.decoders[index].state_dict())
+        single.classifiers[0].load_state_dict(self.classifiers[index].state_dict())
+        return single.to(dtype=self.dtype, device=self.device).train(self.training)
+
+    def set_default_task(self, name: str) -> None:
+        """Use task `name` when no `task` is passed, e.g. in `pipeline("image-segmentation")`."""
+        self.config.set_default_task(name)
+
+
+def _check_same_backbone(a: S5Config, b: S5Config) -> None:
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
+            "num_channels", "decoder_hidden_size")
+    diff = {k: (getattr(a, k), getattr(b, k)) for k in keys if getattr(a, k) != getattr(b, k)}
+    if diff:
+        raise ValueError(f"Backbone configurations differ: {diff} (source, target).")
+
+
+__all__ = [
+    "S5Backbone",
+    "S5ForSemanticSegmentation",
+    "S5Model",
+    "S5ModelOutput",
+    "S5PreTrainedModel",
+    "S5SemanticSegmenterOutput",
+    "task_cross_entropy",
+]
