@@ -577,6 +577,14 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         )
         size = pixel_values.shape[-2:]
         routing = TaskRouting(task_ids)
+        if self.training and 1 in self.config.pool_scales:
+            lonely = [self.config.task_names[t] for t, rows in routing.groups
+                      if (pixel_values.shape[0] if rows is None else rows.numel()) == 1]
+            if lonely:
+                raise ValueError(
+                    f"In training mode every task needs at least 2 images per batch (BatchNorm after the 1x1 "
+                    f"pyramid pooling has a single value per channel otherwise); tasks with one image: {lonely}."
+                )
         per_task = {}
         for t, rows in routing.groups:
             maps = outputs.feature_maps if rows is None else [f.index_select(0, rows) for f in outputs.feature_maps]

@@ -1,0 +1,120 @@
+"""save_pretrained / from_pretrained, Auto classes, remote code in a process without s5_hf, pipelines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    pipeline,
+)
+
+from s5_hf import S5Backbone, S5ForSemanticSegmentation, S5ImageProcessor, S5Model
+from test_modeling_s5 import images, tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("s5") / "model"
+    model = tiny_model()
+    model.save_pretrained(path)
+    S5ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path, model
+
+
+def test_roundtrip_gives_identical_outputs(saved):
+    path, model = saved
+    loaded = S5ForSemanticSegmentation.from_pretrained(path).eval()
+    pixel_values = images(3)
+    tasks = ["potsdam", "loveda", "potsdam"]
+    with torch.no_grad():
+        # Same weights; kernels may differ in the last bits with the loaded tensors' memory layout.
+        torch.testing.assert_close(model(pixel_values, task=tasks).logits, loaded(pixel_values, task=tasks).logits,
+                                   atol=1e-6, rtol=0)
+    assert loaded.config.tasks == model.config.tasks
+
+
+def test_only_safetensors_and_the_code_are_written(saved):
+    path, _ = saved
+    files = {p.name for p in path.iterdir()}
+    assert "model.safetensors" in files
+    assert not {f for f in files if f.endswith((".bin", ".pth", ".pt"))}
+    assert {"configuration_s5.py", "modeling_s5.py", "image_processing_s5.py", "label_sets.py"} <= files
+
+
+def test_auto_classes_load_the_folder(saved):
+    path, _ = saved
+    assert isinstance(AutoModelForSemanticSegmentation.from_pretrained(path), S5ForSemanticSegmentation)
+    assert isinstance(AutoModel.from_pretrained(path), S5Model)
+    # AutoBackbone.from_pretrained(local_dir) is broken in transformers 5.23; the concrete class works.
+    assert isinstance(S5Backbone.from_pretrained(path), S5Backbone)
+    assert isinstance(AutoImageProcessor.from_pretrained(path), S5ImageProcessor)
+
+
+def test_backbone_weights_load_into_the_base_model(saved):
+    path, model = saved
+    base = S5Model.from_pretrained(path).eval()
+    with torch.no_grad():
+        ours = base(images(1), task="loveda").feature_maps[0]
+        theirs = model.s5(images(1), task="loveda").feature_maps[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_mismatched_checkpoint_is_reported(saved, tmp_path):
+    path, _ = saved
+    other = tiny_model(tasks=["isaid"], hidden_size=64, part_features=16)
+    other.save_pretrained(tmp_path / "other")
+    # Loading weights of another width into this architecture must fail loudly, not load half the weights.
+    with pytest.raises(Exception, match="ignore_mismatched_sizes"):
+        S5ForSemanticSegmentation.from_pretrained(tmp_path / "other", config=S5ForSemanticSegmentation.from_pretrained(path).config)
+
+
+def test_remote_code_loads_in_a_process_without_s5_hf(saved, tmp_path):
+    path, model = saved
+    pixel_values = images(2)
+    with torch.no_grad():
+        expected = model(pixel_values, task="openearthmap").logits
+    save_file({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.safetensors")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["s5_hf"] = None  # any import of the installed package now fails
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+        model = AutoModelForSemanticSegmentation.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
+        assert "s5_hf" not in type(model).__module__, type(model).__module__
+        processor = AutoImageProcessor.from_pretrained({str(path)!r}, trust_remote_code=True)
+        assert type(processor).__name__ == "S5ImageProcessor"
+        io = load_file({str(tmp_path / "io.safetensors")!r})
+        with torch.no_grad():
+            logits = model(io["pixel_values"], task="openearthmap").logits
+        print("MAXDIFF", (logits - io["expected"]).abs().max().item())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split("MAXDIFF")[1]) <= 1e-6
+
+
+def test_image_segmentation_pipeline(saved):
+    path, _ = saved
+    model = S5ForSemanticSegmentation.from_pretrained(path).eval()
+    model.set_default_task("loveda")
+    processor = S5ImageProcessor.from_pretrained(path)
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    segments = segmenter(image)
+    classes = set(model.config.get_task("loveda")["id2label"].values())
+    assert segments and {s["label"] for s in segments} <= classes
+    masks = np.stack([np.array(s["mask"]) for s in segments])
+    assert masks.shape[1:] == (50, 70)
+    assert (masks.sum(0) == 255).all()  # every pixel belongs to exactly one class

@@ -1,0 +1,311 @@
+"""The S5 model family: shapes, routing, conversions between single- and multi-task models, loading, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
+
+import s5_hf
+from s5_hf import S5Backbone, S5Config, S5ForSemanticSegmentation, S5Model
+from s5_hf.label_sets import MDF_TASKS, get_label_set
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    image_size=64,
+    out_indices=[1, 2, 3, 4],
+    decoder_hidden_size=16,
+    part_features=8,
+)
+
+
+def tiny_config(tasks=MDF_TASKS, **overrides) -> S5Config:
+    return S5Config(**{**TINY, "tasks": list(tasks), **overrides})
+
+
+def tiny_model(tasks=MDF_TASKS, seed=0, **overrides) -> S5ForSemanticSegmentation:
+    torch.manual_seed(seed)
+    model = S5ForSemanticSegmentation(tiny_config(tasks, **overrides)).eval()
+    _randomise_batchnorm(model)
+    return model
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    # Fresh BatchNorm in eval mode is the identity; random statistics make the comparisons meaningful.
+    g = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+
+
+def images(batch=2, size=64, seed=0) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shapes_per_task():
+    model = tiny_model()
+    pixel_values = images()
+    for name in MDF_TASKS:
+        out = model(pixel_values, task=name)
+        assert out.logits.shape == (2, get_label_set(name).num_classes, 64, 64)
+        assert out.pooler_output.shape == (2, 32)
+        assert out.task_ids.tolist() == [model.config.task_index(name)] * 2
+
+
+def test_backbone_feature_strides():
+    model = S5Model(tiny_config()).eval()
+    out = model(images(1, 64))
+    assert [tuple(f.shape[-2:]) for f in out.feature_maps] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert out.last_hidden_state.shape == (1, 16, 32)
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state.mean(1))
+
+
+def test_position_embeddings_interpolate_to_other_sizes():
+    model = tiny_model(tasks=["isaid"])
+    assert model(images(1, 96)).logits.shape == (1, 16, 96, 96)
+    assert model(images(1, 64, seed=3)[:, :, :48, :]).logits.shape == (1, 16, 48, 64)
+
+
+def test_single_task_model_has_no_experts():
+    model = tiny_model(tasks=["isaid"])
+    assert not model.config.use_experts
+    assert not any("experts" in name for name, _ in model.named_parameters())
+    assert model.s5.encoder.layer[0].mlp.fc2.out_features == 32
+
+
+def test_expert_layout_follows_spec():
+    mlp = tiny_model().s5.encoder.layer[0].mlp
+    assert mlp.fc2.out_features == 32 - 8
+    assert len(mlp.experts) == 4 and all(e.out_features == 8 for e in mlp.experts)
+
+
+def test_mixed_batch_equals_running_each_group_separately():
+    model = tiny_model()
+    pixel_values = images(6)
+    tasks = ["loveda", "vaihingen", "openearthmap", "potsdam", "vaihingen", "loveda"]
+    labels = torch.randint(0, 5, (6, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mixed = model(pixel_values, task=tasks, labels=labels)
+        for name in set(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            alone = model(pixel_values[rows], task=name, labels=labels[rows])
+            k = alone.logits.shape[1]
+            torch.testing.assert_close(mixed.logits[rows, :k], alone.logits, atol=1e-5, rtol=1e-5)
+            # Channels beyond the task's classes never win the argmax.
+            assert (mixed.logits[rows].argmax(1) == alone.logits.argmax(1)).all()
+            torch.testing.assert_close(mixed.task_losses[name], alone.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.loss, sum(mixed.task_losses.values()))
+
+
+def test_mixed_batch_gradients_match_separate_runs():
+    model = tiny_model(drop_path_rate=0.0, classifier_dropout=0.0)
+    pixel_values = images(4)
+    tasks = ["potsdam", "loveda", "potsdam", "loveda"]
+    labels = torch.randint(0, 5, (4, 64, 64), generator=torch.Generator().manual_seed(0))
+    model.zero_grad()
+    model(pixel_values, task=tasks, labels=labels).loss.backward()
+    mixed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for name in ("potsdam", "loveda"):
+        rows = [i for i, t in enumerate(tasks) if t == name]
+        model(pixel_values[rows], task=name, labels=labels[rows]).loss.backward()
+    separate = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert mixed.keys() == separate.keys()
+    assert "s5.encoder.layer.0.mlp.experts.1.weight" in mixed  # potsdam's expert was trained
+    assert "s5.encoder.layer.0.mlp.experts.0.weight" not in mixed  # vaihingen's was not in the batch
+    for name in mixed:
+        torch.testing.assert_close(mixed[name], separate[name], atol=1e-5, rtol=1e-4)
+
+
+def test_task_given_as_indices_or_default():
+    model = tiny_model()
+    pixel_values = images(2)
+    with torch.no_grad():
+        by_name = model(pixel_values, task="openearthmap").logits
+        by_index = model(pixel_values, task=torch.tensor([2, 2])).logits
+        model.set_default_task("openearthmap")
+        by_default = model(pixel_values).logits
+    torch.testing.assert_close(by_name, by_index)
+    torch.testing.assert_close(by_name, by_default)
+    assert model.config.id2label == get_label_set("openearthmap").id2label
+
+
+def test_extract_task_folds_expert_into_a_plain_model():
+    model = tiny_model()
+    plain = tiny_model(tasks=["potsdam"])
+    single = model.extract_task("potsdam")
+    assert single.config.task_names == ["potsdam"] and not single.config.use_experts
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(single) == count(plain)
+    pixel_values = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(single(pixel_values).logits, model(pixel_values, task="potsdam").logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_from_single_task_starts_every_task_at_the_pretrained_function():
+    pretrained = tiny_model(tasks=["isaid"])
+    moe = S5ForSemanticSegmentation.from_single_task(pretrained, tiny_config()).eval()
+    pixel_values = images(2)
+    with torch.no_grad():
+        reference = pretrained.s5(pixel_values, task="isaid").feature_maps
+        reference_decoded = pretrained.decoders[0](reference)
+        for name in MDF_TASKS:
+            maps = moe.s5(pixel_values, task=name).feature_maps
+            for ours, theirs in zip(maps, reference):
+                torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+            decoded = moe.decoders[moe.config.task_index(name)](maps)
+            torch.testing.assert_close(decoded, reference_decoded, atol=1e-5, rtol=1e-5)
+
+
+def test_from_single_task_rejects_other_backbones():
+    pretrained = tiny_model(tasks=["isaid"])
+    with pytest.raises(ValueError, match="hidden_size"):
+        S5ForSemanticSegmentation.from_single_task(pretrained, tiny_config(hidden_size=64, part_features=16))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_model(tasks=["vaihingen", "loveda"], drop_path_rate=0.0, classifier_dropout=0.0).train()
+    pixel_values = images(4)
+    labels = torch.randint(0, 5, (4, 64, 64), generator=torch.Generator().manual_seed(0))
+
+    def grads():
+        model.zero_grad()
+        model(pixel_values, task=["vaihingen", "loveda"] * 2, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert model.s5.encoder.layer[0].gradient_checkpointing
+    checkpointed = grads()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_sdpa_and_eager_attention_agree():
+    sdpa = tiny_model(attn_implementation="sdpa")
+    eager = tiny_model(attn_implementation="eager")
+    assert sdpa.config._attn_implementation == "sdpa"
+    assert eager.config._attn_implementation == "eager"
+    pixel_values = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(pixel_values, task="loveda").logits, eager(pixel_values, task="loveda").logits,
+                                   atol=1e-5, rtol=1e-5)
+        attn = eager(pixel_values, task="loveda", output_attentions=True).attentions
+    assert len(attn) == 4 and attn[0].shape == (2, 2, 16, 16)
+
+
+def test_hidden_states_are_returned_on_request():
+    out = tiny_model()(images(1), task="potsdam", output_hidden_states=True)
+    assert len(out.hidden_states) == 5 and out.hidden_states[0].shape == (1, 16, 32)
+
+
+def test_loss_ignores_task_ignore_index_and_void():
+    model = tiny_model(tasks=["vaihingen"])
+    pixel_values = images(1)
+    labels = torch.full((1, 64, 64), 5)  # clutter everywhere except one block
+    labels[:, :8, :8] = 2
+    labels[:, 8:16, :8] = 255
+    out = model(pixel_values, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :, :8, :8], labels[:, :8, :8])
+    torch.testing.assert_close(out.loss, expected)
+    every_pixel_ignored = model(pixel_values, labels=torch.full((1, 64, 64), 255)).loss
+    assert every_pixel_ignored.item() == 0.0 and every_pixel_ignored.requires_grad
+
+
+def test_auto_classes_are_registered():
+    config = tiny_config()
+    assert isinstance(AutoConfig.for_model("s5", **TINY), S5Config)
+    assert isinstance(AutoModel.from_config(config), S5Model)
+    assert isinstance(AutoModelForSemanticSegmentation.from_config(config), S5ForSemanticSegmentation)
+
+
+def test_backbone_plugs_into_transformers_upernet():
+    backbone_config = tiny_config(tasks=["isaid"])
+    config = UperNetConfig(backbone_config=backbone_config, hidden_size=16, num_labels=3, use_auxiliary_head=False)
+    model = UperNetForSemanticSegmentation(config).eval()
+    assert isinstance(model.backbone, S5Backbone)
+    assert model.backbone.channels == [32] * 4
+    assert model(images(1)).logits.shape == (1, 3, 64, 64)
+
+
+def test_presets_match_the_paper_architecture():
+    for name, width, depth, heads, blocks in [
+        ("vit-b", 768, 12, 12, [3, 5, 7, 11]),
+        ("vit-l", 1024, 24, 16, [7, 11, 15, 23]),
+        ("vit-h", 1280, 32, 16, [15, 23, 27, 31]),
+    ]:
+        config = S5Config.from_preset(name)
+        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (width, depth, heads)
+        assert [i - 1 for i in config.out_indices] == blocks
+        assert config.intermediate_size == 4 * width and config.patch_size == 16 and config.drop_path_rate == 0.1
+    with pytest.raises(ValueError, match="vit-b"):
+        S5Config.from_preset("vit-g")
+
+
+def test_drop_path_is_linear_over_depth_on_the_ffn_branch_only():
+    with torch.device("meta"):
+        model = S5Model(S5Config.from_preset("vit-b"))
+    rates = [layer.drop_path.drop_prob for layer in model.encoder.layer]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------
+def test_wrong_band_count_is_rejected():
+    with pytest.raises(ValueError, match="expects 3 input bands but pixel_values has 4"):
+        tiny_model()(torch.randn(1, 4, 64, 64), task="potsdam")
+
+
+def test_unknown_task_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="vaihingen, potsdam, openearthmap, loveda"):
+        tiny_model()(images(1), task="dota")
+    with pytest.raises(ValueError, match="Unknown task"):
+        tiny_config(tasks=["vaihingen", "not-a-dataset"])
+
+
+def test_label_ids_out_of_range_are_rejected():
+    labels = torch.zeros(1, 64, 64, dtype=torch.long)
+    labels[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"potsdam: label ids \[7\] are outside the 5 classes"):
+        tiny_model()(images(1), task="potsdam", labels=labels)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch_size():
+    with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
+        tiny_model()(torch.randn(1, 3, 70, 64), task="potsdam")
+
+
+def test_training_needs_two_images_per_task():
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match=r"at least 2 images.*\['loveda'\]"):
+        model(images(3), task=["potsdam", "potsdam", "loveda"])
+
+
+def test_task_list_length_must_match_the_batch():
+    with pytest.raises(ValueError, match="3 task names for a batch of 2"):
+        tiny_model()(images(2), task=["potsdam"] * 3)
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        S5Config(**{**TINY, "num_attention_heads": 3})
+    with pytest.raises(ValueError, match="four feature stages"):
+        S5Config(**{**TINY, "out_indices": [2, 4]})
+    with pytest.raises(ValueError, match="unique"):
+        tiny_config(tasks=["potsdam", "potsdam"])
+    with pytest.raises(ValueError, match="part_features"):
+        tiny_config(part_features=32)
+
+
+def test_package_exports():
+    assert set(s5_hf.__all__) >= {"S5Config", "S5Model", "S5Backbone", "S5ForSemanticSegmentation", "S5ImageProcessor"}

@@ -1,0 +1,31 @@
+"""Full-size parameter counts on the meta device equal the paper's (spec section 1.4)."""
+
+import pytest
+
+from s5_hf.params import PAPER_MILLIONS, count_parameters, official_equivalent
+
+# Exact totals of the official implementation built on CPU (spec 1.4), incl. its unused parameters.
+OFFICIAL = {
+    ("vit-b", "single"): 103_158_289, ("vit-b", "multiple"): 160_402_206, ("vit-b", "shared"): 132_081_438,
+    ("vit-l", "single"): 327_427_345, ("vit-l", "multiple"): 435_012_126, ("vit-l", "shared"): 359_496_222,
+    ("vit-h", "single"): 663_383_057, ("vit-h", "multiple"): 824_451_358, ("vit-h", "shared"): 698_597_662,
+}
+
+
+@pytest.mark.parametrize("preset,variant", sorted(OFFICIAL))
+def test_counts_equal_the_official_implementation(preset, variant):
+    assert official_equivalent(preset, variant) == OFFICIAL[preset, variant]
+
+
+@pytest.mark.parametrize("preset", ["vit-b", "vit-l", "vit-h"])
+@pytest.mark.parametrize("variant", ["single", "multiple"])
+def test_counts_are_within_0_1m_of_the_paper(preset, variant):
+    assert abs(count_parameters(preset, variant) / 1e6 - PAPER_MILLIONS[preset][variant]) <= 0.1
+
+
+def test_script_prints_the_table(capsys):
+    from s5_hf.params import main
+
+    main()
+    out = capsys.readouterr().out
+    assert "160,402,206" in out and "vs four single models" in out
