@@ -2,7 +2,8 @@
 
 1. A batch mixing the four MDF datasets in ONE forward vs. one forward per dataset (the official way).
 2. Training steps (forward + backward + AdamW) of the ViT-B MoE-MDF model at 512 px: steps/s and peak memory,
-   with and without gradient checkpointing. Each case runs in a fresh subprocess so that its peak resident
+   with and without gradient checkpointing. Batch 2: a training batch needs at least 2 images per task
+   (BatchNorm after the 1x1 pyramid pooling cannot normalise a single value per channel). Each case runs in a fresh subprocess so that its peak resident
    memory (ru_maxrss) is its own; the baseline is the same process after building model and optimizer.
 
     python benchmarks/bench_model.py             # ViT-B at 512 px (a few minutes on 2 cores)
@@ -117,7 +118,8 @@ def main() -> None:
         bench_training("small", 128, batches=[2], steps=2)
     else:
         bench_mixed_forward("vit-b", 512, per_task=1, repeats=2)
-        bench_training("vit-b", 512, batches=[1, 2], steps=2)
+        bench_mixed_forward("vit-b", 512, per_task=2, repeats=1)
+        bench_training("vit-b", 512, batches=[2], steps=2)
 
 
 if __name__ == "__main__":

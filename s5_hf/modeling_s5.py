@@ -671,13 +671,12 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         config.tasks = [copy.deepcopy(spec)]
         config.set_default_task(spec["name"])
         single = type(self)(config)
-        state = {}
-        for key, value in self.s5.state_dict().items():
+        source, state = self.s5.state_dict(), {}
+        for key, value in source.items():
             if ".mlp.experts." in key:
                 continue
             if ".mlp.fc2." in key and self.config.use_experts:
-                expert_key = key.replace(".mlp.fc2.", f".mlp.experts.{index}.")
-                value = torch.cat([value, self.s5.state_dict()[expert_key]], dim=0)
+                value = torch.cat([value, source[key.replace(".mlp.fc2.", f".mlp.experts.{index}.")]], dim=0)
             state[key] = value
         single.s5.load_state_dict(state, strict=True)
         single.decoders[0].load_state_dict(self.decoders[index].state_dict())
