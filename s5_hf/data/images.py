@@ -1,0 +1,186 @@
+"""Reading the image and label files of the benchmarks, with errors that name the file.
+
+Pillow reports a truncated PNG as ``OSError: image file is truncated`` and a damaged TIFF with messages
+about strips or tags, without the path. Every read here goes through `open_image`, which loads the pixels
+at once (so damage shows up here, not later in a training loop) and turns any failure into a
+`DataFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..label_sets import VOID_ID
+
+#: Largest image (in pixels) the readers open. Pillow's own guard against decompression bombs stops at
+#: ~179 MP, below the biggest DOTA/iSAID scenes (up to 20000 x 20000), so the readers lift it to this.
+MAX_PIXELS = 20_000 * 20_000
+
+_PIXEL_LIMIT_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
+
+
+class DataFileError(ValueError):
+    """A benchmark file that cannot be used as it is: unreadable, truncated, wrong size or unknown values.
+
+    Attributes:
+        path: the offending file.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _open_large(path: Path) -> Image.Image:
+    """`Image.open` with Pillow's pixel limit raised to `MAX_PIXELS` (Pillow checks it only when opening;
+    the limit is a module global, hence the lock)."""
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        if previous is not None:
+            Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, previous)
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file; any failure becomes a `DataFileError` naming the file."""
+    path = Path(path)
+    try:
+        image = _open_large(path)
+        image.load()
+    except FileNotFoundError:
+        raise DataFileError(path, "file not found") from None
+    except Image.DecompressionBombError as error:
+        raise DataFileError(path, f"image larger than the readers' limit of {MAX_PIXELS} pixels ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as error:
+        # Pillow raises all of these for damaged files (SyntaxError for some broken headers).
+        raise DataFileError(path, f"cannot decode the image, the file is corrupt or truncated ({error})") from None
+    return image
+
+
+def read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """The pixels of an image file as an (H, W, 3) uint8 array.
+
+    RGB files are taken as they are (for the ISPRS IRRG tiles the three bands are IR, R, G); RGBA drops
+    the alpha band; grey-scale and palette images are expanded to RGB (a few DOTA/iSAID scenes are
+    grey-scale). Anything else (16-bit, float, CMYK) is an error, never a silent conversion.
+
+    Returns:
+        (pixels, unchanged): `unchanged` is True when the file already was plain 8-bit RGB, so its
+        original bytes can be stored instead of a re-encoding.
+    """
+    image = open_image(path)
+    if image.mode == "RGB":
+        return np.asarray(image), True
+    if image.mode in ("RGBA", "L", "P", "LA", "PA"):
+        return np.asarray(image.convert("RGB")), False
+    raise DataFileError(path, f"unsupported image mode {image.mode!r}; expected 8-bit RGB, RGBA, grey-scale or palette")
+
+
+def read_index_mask(path: str | os.PathLike) -> np.ndarray:
+    """A single-band label file (grey-scale or palette indices) as an (H, W) uint8 array of raw values."""
+    image = open_image(path)
+    if image.mode in ("L", "P"):
+        return np.asarray(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise DataFileError(path, f"label values {values.min()}..{values.max()} do not fit in 0..255")
+        return values.astype(np.uint8)
+    raise DataFileError(path, f"unsupported label mode {image.mode!r}; expected a single-band 8-bit label image")
+
+
+def read_colour_mask(path: str | os.PathLike) -> np.ndarray:
+    """A colour-coded label file as an (H, W, 3) uint8 array of colours."""
+    image = open_image(path)
+    if image.mode == "RGB":
+        return np.asarray(image)
+    if image.mode in ("RGBA", "P"):
+        return np.asarray(image.convert("RGB"))
+    raise DataFileError(path, f"unsupported colour label mode {image.mode!r}; expected an RGB colour-coded label image")
+
+
+def _pack(colours: np.ndarray) -> np.ndarray:
+    colours = colours.astype(np.uint32)
+    return (colours[..., 0] << 16) | (colours[..., 1] << 8) | colours[..., 2]
+
+
+def colours_to_ids(
+    colours: np.ndarray,
+    colour_to_id: Mapping[tuple[int, int, int], int],
+    path: str | os.PathLike,
+    unknown: str = "raise",
+) -> np.ndarray:
+    """Map an (H, W, 3) colour-coded label to class ids.
+
+    Args:
+        colour_to_id: every colour the file may contain and its id.
+        path: the file, for messages.
+        unknown: ``"raise"`` (default): any other colour is a `DataFileError` listing each unknown colour
+            and its pixel count. ``"void"``: such pixels become 255, and a warning lists them.
+    """
+    packed = _pack(colours)
+    ids = np.full(packed.shape, VOID_ID, dtype=np.uint8)
+    matched = np.zeros(packed.shape, dtype=bool)
+    for colour, class_id in colour_to_id.items():
+        hit = packed == int(_pack(np.asarray(colour, dtype=np.uint8)))
+        ids[hit] = class_id
+        matched |= hit
+    if not matched.all():
+        found = describe_unknown_colours(packed[~matched])
+        if unknown == "raise":
+            raise DataFileError(path, f"unknown label colours (colour x pixel count): {found}")
+        logger.warning("%s: unknown label colours set to void (%d) as unknown='void' asks: %s", path, VOID_ID, found)
+    return ids
+
+
+def describe_unknown_colours(packed: np.ndarray, limit: int = 10) -> str:
+    """'(r, g, b) x count' for the most frequent of the given packed colours."""
+    values, counts = np.unique(packed, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:limit]
+    parts = [
+        f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) x {c}" for v, c in zip(values[order], counts[order], strict=True)
+    ]
+    more = f", and {len(values) - limit} more colours" if len(values) > limit else ""
+    return ", ".join(parts) + more
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W) grey-scale or (H, W, 3) RGB uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_mask_bytes(data: bytes) -> np.ndarray:
+    """The class ids stored in an encoded mask (single-band image)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise ValueError(f"mask image has mode {image.mode!r}, expected a single-band 'L' image of class ids")
+        return np.asarray(image)
+
+
+__all__ = [
+    "DataFileError",
+    "MAX_PIXELS",
+    "colours_to_ids",
+    "decode_mask_bytes",
+    "encode_png",
+    "open_image",
+    "read_colour_mask",
+    "read_index_mask",
+    "read_rgb",
+]

@@ -1,0 +1,570 @@
+"""Writing a dataset as Parquet shards with a dataset card: a folder that `datasets.load_dataset` reads
+locally and that is a valid Hub dataset repository once uploaded.
+
+Layout written in `out_dir`::
+
+    README.md                              dataset card: YAML configs/dataset_info/label set + tables
+    data/<split>-00000-of-000NN.parquet    shards of about `shard_size_mb`, at least `min_shards`
+
+Rows are streamed: at most one row group (100 rows or 64 MB) is held in memory. Image columns keep their
+encoded bytes (an image's original file, PNG masks); the `datasets` features go into the Parquet schema
+metadata and the card, so `load_dataset` decodes them as images.
+
+Shards are written under hidden temporary names (``data/.<split>-...tmp``, which no split pattern matches)
+and renamed only once all of them are complete: an interrupted run never leaves a partial shard under a
+final name. Writing a split again needs ``overwrite=True``; the old shards are then replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.utils import tqdm as hf_tqdm
+from huggingface_hub import DatasetCard, DatasetCardData
+from PIL import Image
+
+from ..label_sets import LABEL_SETS, VOID_ID, LabelSet, get_label_set
+from .registry import BENCHMARKS, get_reader
+
+logger = logging.getLogger(__name__)
+
+ROW_GROUP_ROWS = 100
+ROW_GROUP_BYTES = 64 * 2**20
+_SHARD_NAME = re.compile(r"^(?P<split>\w+(?:\.\w+)*)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+_SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
+
+
+@dataclass
+class DatasetCardInfo:
+    """What the dataset card says beyond what is computed from the data.
+
+    Defaults come from the benchmark reader when the dataset holds a single known source (see
+    `to_parquet_shards`); any field given here wins.
+    """
+
+    pretty_name: str | None = None
+    description: str = ""
+    #: Hub licence id (e.g. ``cc-by-nc-sa-4.0``), or ``other`` with `license_name` and `license_note`.
+    license: str = "other"
+    license_name: str | None = None
+    license_note: str = ""
+    homepage: str = ""
+    citation: str = ""
+    #: Label set whose classes the masks hold (name in `s5_hf.label_sets`), for the class table.
+    label_set: str | None = None
+    tags: list[str] = field(default_factory=lambda: ["remote-sensing", "semantic-segmentation", "s5"])
+    #: Free Markdown appended to the card (e.g. how the data was made).
+    notes: str = ""
+
+
+def _benchmark_card(name: str) -> DatasetCardInfo:
+    reader = get_reader(name)
+    license_name = None if reader.license != "other" else f"{name}-terms"
+    return DatasetCardInfo(
+        pretty_name=name,
+        description=reader.description,
+        license=reader.license,
+        license_name=license_name,
+        license_note=reader.license_note,
+        homepage=reader.homepage,
+        citation=reader.citation,
+        label_set=name,
+    )
+
+
+class _MaskCheck:
+    """Validates masks against label sets and counts class pixels."""
+
+    def __init__(self, label_set: str | LabelSet | None, validate: bool):
+        self.fixed = get_label_set(label_set) if isinstance(label_set, str) else label_set
+        self.validate = validate
+        self.unchecked_sources: set[str] = set()
+        self.pixels: dict[str, np.ndarray] = {}
+        #: [min height, max height, min width, max width] of the masks seen.
+        self.size_range: list[int] | None = None
+
+    def label_set_for(self, source: str | None) -> LabelSet | None:
+        if self.fixed is not None:
+            return self.fixed
+        if source is not None and source.lower() in LABEL_SETS:
+            return LABEL_SETS[source.lower()]
+        if self.validate and source not in self.unchecked_sources:
+            self.unchecked_sources.add(source)
+            logger.warning("No label set for source %r: its masks are not validated (pass label_set=...).", source)
+        return None
+
+    def __call__(self, data: bytes, row_id: str, source: str | None) -> bytes:
+        """The bytes to store for a mask (PNG, mode L); raises ValueError for ids outside the label set."""
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                mode, file_format = image.mode, image.format
+                ids = np.asarray(image)
+        except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad bytes
+            raise ValueError(f"Row {row_id!r}: the mask cannot be decoded ({error}).") from None
+        if ids.ndim != 2:
+            raise ValueError(f"Row {row_id!r}: the mask has mode {mode!r}; expected a single-band image of class ids.")
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            raise ValueError(f"Row {row_id!r}: mask values {ids.min()}..{ids.max()} do not fit in 0..255.")
+        ids = ids.astype(np.uint8, copy=False)
+        label_set = self.label_set_for(source)
+        counts = np.bincount(ids.ravel(), minlength=256)
+        if label_set is not None:
+            if self.validate:
+                allowed = np.zeros(256, dtype=bool)
+                allowed[: label_set.num_classes] = True
+                allowed[[label_set.ignore_index, VOID_ID, *label_set.extra_ids]] = True
+                bad = np.flatnonzero((counts > 0) & ~allowed)
+                if bad.size:
+                    found = ", ".join(f"{v} x {counts[v]}" for v in bad)
+                    raise ValueError(
+                        f"Row {row_id!r} (source {source!r}): mask ids outside the label set {label_set.name!r} "
+                        f"(id x pixel count): {found}. Valid: 0..{label_set.num_classes - 1}, ignore "
+                        f"{label_set.ignore_index}, void {VOID_ID}"
+                        + "".join(f", {k} = {v}" for k, v in label_set.extra_ids.items())
+                        + ". Pass validate=False to write it anyway."
+                    )
+            self.pixels.setdefault(label_set.name, np.zeros(256, dtype=np.int64))
+            self.pixels[label_set.name] += counts
+        height, width = ids.shape
+        if self.size_range is None:
+            self.size_range = [height, height, width, width]
+        else:
+            low_h, high_h, low_w, high_w = self.size_range
+            self.size_range = [min(low_h, height), max(high_h, height), min(low_w, width), max(high_w, width)]
+        if mode == "L" and file_format == "PNG":
+            return data
+        buffer = io.BytesIO()
+        Image.fromarray(ids).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def _image_bytes(value, column: str, row_id: str) -> dict | None:
+    """An Image cell with its bytes (read from `path` when only the path is stored)."""
+    if value is None:
+        return None
+    if value.get("bytes") is not None:
+        return {"bytes": value["bytes"], "path": None}
+    if value.get("path"):
+        try:
+            return {"bytes": Path(value["path"]).read_bytes(), "path": None}
+        except OSError as error:
+            raise ValueError(f"Row {row_id!r}: column {column!r} points to an unreadable file ({error}).") from None
+    raise ValueError(f"Row {row_id!r}: column {column!r} has neither bytes nor a path.")
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Dotted paths of the leaf columns that are not binary."""
+    names: list[str] = []
+
+    def walk(prefix: str, data_type: pa.DataType) -> None:
+        if pa.types.is_struct(data_type):
+            for child in data_type:
+                walk(f"{prefix}.{child.name}", child.type)
+        elif not (pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type)):
+            names.append(prefix)
+
+    for schema_field in schema:
+        walk(schema_field.name, schema_field.type)
+    return names
+
+
+class _RollingWriter:
+    """Parquet files of about `limit` bytes under temporary names, one row group per ~100 rows."""
+
+    def __init__(self, data_dir: Path, split: str, schema: pa.Schema, limit: int):
+        self.data_dir, self.split, self.schema, self.limit = data_dir, split, schema, limit
+        self.token = uuid.uuid4().hex[:8]
+        # Min/max statistics of encoded images are useless and as large as the data: keep them for the
+        # small columns only.
+        self.statistics_columns = statistics_columns(schema)
+        self.paths: list[Path] = []
+        self.rows_per_file: list[int] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._batch: list[dict] = []
+        self._batch_bytes = 0
+        self._file_bytes = 0
+
+    def temp_path(self, index: int) -> Path:
+        return self.data_dir / f".{self.split}-{index:05d}.{self.token}.parquet.tmp"
+
+    def add(self, row: dict, size: int) -> None:
+        """Add a row of `size` encoded bytes; a file is closed before it would pass the limit (a single
+        row larger than the limit gets a file of its own)."""
+        if self._writer is not None and self._file_bytes + size > self.limit:
+            self.close()
+        if self._writer is None:
+            self.paths.append(self.temp_path(len(self.paths)))
+            self.rows_per_file.append(0)
+            self._writer = pq.ParquetWriter(self.paths[-1], self.schema, write_statistics=self.statistics_columns)
+            self._file_bytes = 0
+        self._batch.append(row)
+        self._batch_bytes += size
+        self._file_bytes += size
+        self.rows_per_file[-1] += 1
+        if len(self._batch) >= ROW_GROUP_ROWS or self._batch_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self.schema))
+            self._batch, self._batch_bytes = [], 0
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+    def write_empty(self) -> None:
+        self.paths.append(self.temp_path(0))
+        self.rows_per_file.append(0)
+        pq.write_table(self.schema.empty_table(), self.paths[-1])
+
+
+def _repartition(writer: _RollingWriter, parts: int) -> tuple[list[Path], list[int]]:
+    """Rewrite the temporary files into `parts` files of (almost) equal row counts, streaming."""
+    total = sum(writer.rows_per_file)
+    counts = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    token = uuid.uuid4().hex[:8]
+    new_paths = [writer.data_dir / f".{writer.split}-{i:05d}.{token}.parquet.tmp" for i in range(parts)]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for path in writer.paths:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS)
+
+    source = batches()
+    pending: pa.Table = writer.schema.empty_table()
+    for path, count in zip(new_paths, counts, strict=True):
+        with pq.ParquetWriter(path, writer.schema, write_statistics=writer.statistics_columns) as out:
+            written = 0
+            while written < count:
+                if pending.num_rows == 0:
+                    pending = pa.Table.from_batches([next(source)], schema=writer.schema)
+                take = min(count - written, pending.num_rows)
+                out.write_table(pending.slice(0, take))
+                pending = pending.slice(take)
+                written += take
+    for path in writer.paths:
+        path.unlink()
+    return new_paths, counts
+
+
+def _features_of(dataset: datasets.Dataset | datasets.IterableDataset) -> datasets.Features:
+    features = dataset.features
+    if features is None and isinstance(dataset, datasets.IterableDataset):
+        features = dataset._resolve_features().features  # peeks at the first rows
+    if features is None:
+        raise ValueError("The dataset has no features; cast it (e.g. dataset.cast(features)) before writing.")
+    return features
+
+
+def _rows(dataset, image_columns: list[str]) -> Iterator[dict]:
+    """Rows with Image columns left encoded (`{"bytes", "path"}`), streamed."""
+    for column in image_columns:
+        dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    yield from dataset
+
+
+def to_parquet_shards(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    out_dir: str | os.PathLike,
+    shard_size_mb: float = 500,
+    *,
+    card: DatasetCardInfo | Mapping | None = None,
+    min_shards: int = 1,
+    split: str = "train",
+    label_set: str | LabelSet | None = None,
+    validate: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write `dataset` as ``out_dir/data/<split>-XXXXX-of-YYYYY.parquet`` shards plus a ``README.md`` card.
+
+    Args:
+        dataset: a map-style or streaming dataset (streamed either way; memory stays bounded). Image
+            columns are stored as their encoded bytes; a ``mask`` Image column is validated and stored as
+            PNG (mode L).
+        out_dir: folder to write; other splits already in it are kept and listed in the card.
+        shard_size_mb: a shard is closed once its rows reach this many MB of encoded data.
+        card: card metadata (`DatasetCardInfo` or a dict of its fields). Default: the benchmark's own
+            (licence, citation, description) when every row has the same known ``source``.
+        min_shards: at least this many shards (e.g. world_size x num_workers, so every rank and worker
+            gets whole shards); rows are re-split evenly when the size limit gave fewer. Each shard gets at
+            least one row, so the dataset must have at least `min_shards` rows.
+        split: split name (letters, digits, underscores).
+        label_set: label set the ``mask`` ids belong to (name or `LabelSet`); default: the row's ``source``
+            when it names a label set (rows of other sources are not validated, with a warning).
+        validate: check mask ids against the label set: ids other than its classes, its ignore index,
+            its extra ids (ISPRS clutter) and 255 are a ValueError naming the row.
+        overwrite: replace existing shards of `split` (otherwise FileExistsError).
+
+    Returns:
+        The shard paths, in order.
+    """
+    if not _SPLIT_NAME.match(split):
+        raise ValueError(f"Invalid split name {split!r}: use letters, digits and underscores (e.g. 'train').")
+    if min_shards < 1:
+        raise ValueError(f"min_shards must be >= 1, got {min_shards}")
+    if shard_size_mb <= 0:
+        raise ValueError(f"shard_size_mb must be positive, got {shard_size_mb}")
+    card = _card_fields(card)
+    out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    existing = sorted(p for p in data_dir.glob(f"{split}-*.parquet") if _SHARD_NAME.match(p.name))
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{data_dir} already holds {len(existing)} shard(s) of split {split!r} (e.g. {existing[0].name}); "
+            "pass overwrite=True to replace them."
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob(f".{split}-*.parquet.tmp"):  # left by an interrupted run
+        stale.unlink()
+
+    features = _features_of(dataset)
+    image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    check_mask = "mask" in image_columns
+    schema = features.arrow_schema.with_metadata(
+        {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+    )
+    checker = _MaskCheck(label_set, validate)
+    writer = _RollingWriter(data_dir, split, schema, int(shard_size_mb * 2**20))
+    sources: Counter[str] = Counter()
+    try:
+        total = len(dataset) if isinstance(dataset, datasets.Dataset) else None
+        progress = hf_tqdm(_rows(dataset, image_columns), total=total, desc=f"Writing {split} shards", unit=" rows")
+        for index, row in enumerate(progress):
+            row_id = str(row.get("id", f"#{index}"))
+            source = row.get("source")
+            size = 0
+            for column in image_columns:
+                row[column] = _image_bytes(row[column], column, row_id)
+                if row[column] is not None:
+                    if column == "mask" and check_mask:
+                        row[column]["bytes"] = checker(row[column]["bytes"], row_id, source)
+                    size += len(row[column]["bytes"])
+            size += sum(len(v) for v in row.values() if isinstance(v, str))
+            sources[str(source)] += 1
+            writer.add(row, size)
+        writer.close()
+        num_rows = sum(writer.rows_per_file)
+        if num_rows < min_shards and not (num_rows == 0 and min_shards == 1):
+            raise ValueError(f"The dataset has {num_rows} rows, fewer than min_shards={min_shards}.")
+        if num_rows == 0:
+            logger.warning("The dataset is empty: writing one empty shard for split %r.", split)
+            writer.write_empty()
+            paths, counts = writer.paths, writer.rows_per_file
+        elif len(writer.paths) < min_shards:
+            paths, counts = _repartition(writer, min_shards)
+        else:
+            paths, counts = writer.paths, writer.rows_per_file
+    except BaseException:
+        writer.close()
+        for path in data_dir.glob(f".{split}-*.parquet.tmp"):
+            path.unlink()
+        raise
+
+    for old in existing:
+        old.unlink()
+    final = []
+    for index, path in enumerate(paths):
+        target = data_dir / f"{split}-{index:05d}-of-{len(paths):05d}.parquet"
+        os.replace(path, target)
+        final.append(target)
+
+    statistics = {
+        "num_examples": int(sum(counts)),
+        "num_shards": len(final),
+        "num_bytes": int(sum(path.stat().st_size for path in final)),
+        "sources": dict(sorted(sources.items())),
+        "mask_sizes": None
+        if checker.size_range is None
+        else {"height": checker.size_range[:2], "width": checker.size_range[2:]},
+        "class_pixels": {
+            name: {int(k): int(v) for k, v in enumerate(counts_) if v} for name, counts_ in checker.pixels.items()
+        },
+    }
+    _write_card(out_dir, split, features, statistics, _card_info(card, label_set, sources))
+    logger.info(
+        "Wrote %d rows of split %r to %d shard(s) in %s", statistics["num_examples"], split, len(final), data_dir
+    )
+    return final
+
+
+def _card_fields(card: DatasetCardInfo | Mapping | None) -> DatasetCardInfo | dict:
+    """The card argument checked before anything is written: a `DatasetCardInfo`, or a dict of its fields."""
+    if isinstance(card, DatasetCardInfo):
+        return card
+    given = dict(card or {})
+    valid = sorted(DatasetCardInfo.__dataclass_fields__)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise TypeError(f"Unknown DatasetCardInfo field(s) {unknown}; valid: {valid}")
+    return given
+
+
+def _card_info(card: DatasetCardInfo | dict, label_set, sources: Counter) -> DatasetCardInfo:
+    """The card's metadata: `card` itself, or its fields over the defaults of the rows' benchmark."""
+    if isinstance(card, DatasetCardInfo):
+        return card
+    given = dict(card)
+    names = {s.lower() for s in sources}
+    if len(names) == 1 and next(iter(names)) in BENCHMARKS:
+        base = _benchmark_card(next(iter(names)))
+    else:
+        base = DatasetCardInfo()
+    if label_set is not None and "label_set" not in given:
+        given["label_set"] = label_set if isinstance(label_set, str) else label_set.name
+    return DatasetCardInfo(**{**asdict(base), **given})
+
+
+def _splits_on_disk(data_dir: Path) -> dict[str, list[Path]]:
+    splits: dict[str, list[Path]] = {}
+    for path in sorted(data_dir.glob("*.parquet")):
+        match = _SHARD_NAME.match(path.name)
+        if match:
+            splits.setdefault(match["split"], []).append(path)
+    return splits
+
+
+def _write_card(
+    out_dir: Path, split: str, features: datasets.Features, statistics: dict, info: DatasetCardInfo
+) -> None:
+    readme = out_dir / "README.md"
+    all_statistics: dict = {}
+    if readme.is_file():
+        previous = DatasetCard.load(readme).data.to_dict()
+        all_statistics = previous.get("s5_statistics") or {}
+    all_statistics[split] = statistics
+    on_disk = _splits_on_disk(out_dir / "data")
+    all_statistics = {name: stats for name, stats in all_statistics.items() if name in on_disk}
+
+    label_set = get_label_set(info.label_set) if info.label_set else None
+    data = DatasetCardData(
+        license=info.license,
+        pretty_name=info.pretty_name,
+        task_categories=["image-segmentation"],
+        tags=list(info.tags),
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"data/{name}-*"} for name in on_disk],
+            }
+        ],
+    )
+    if info.license == "other":
+        data.license_name = info.license_name or "other"
+        if info.homepage:
+            data.license_link = info.homepage
+    split_dict = datasets.SplitDict()
+    for name, stats in all_statistics.items():
+        split_dict.add(datasets.SplitInfo(name=name, num_bytes=stats["num_bytes"], num_examples=stats["num_examples"]))
+    DatasetInfosDict({"default": DatasetInfo(features=features, splits=split_dict)}).to_dataset_card_data(data)
+    if label_set is not None:
+        data.label_set = {
+            "name": label_set.name,
+            "num_classes": label_set.num_classes,
+            "class_names": dict(label_set.id2label),
+            "ignore_index": label_set.ignore_index,
+            "void_id": VOID_ID,
+            "extra_ids": dict(label_set.extra_ids),
+        }
+    data.s5_statistics = all_statistics
+    content = f"---\n{data.to_yaml()}\n---\n" + _card_markdown(info, features, label_set, all_statistics)
+    temporary = out_dir / f".README.md.{uuid.uuid4().hex[:8]}.tmp"
+    DatasetCard(content).save(temporary)
+    os.replace(temporary, readme)
+
+
+def _card_markdown(
+    info: DatasetCardInfo, features: datasets.Features, label_set: LabelSet | None, statistics: dict
+) -> str:
+    title = info.pretty_name or (label_set.name if label_set else "Segmentation dataset")
+    lines = [f"# {title}", ""]
+    if info.description:
+        lines += [info.description, ""]
+    if info.homepage:
+        lines += [f"Original data: {info.homepage}", ""]
+    lines += [
+        "Written by `s5_hf.data.to_parquet_shards` (s5-hf). Load it with:",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'dataset = load_dataset("<this repo or folder>", split="train", streaming=True)',
+        "```",
+        "",
+        "## Columns",
+        "",
+        "| column | type | content |",
+        "|---|---|---|",
+    ]
+    meaning = {
+        "image": "RGB image (encoded bytes of the original file, or PNG)",
+        "mask": f"class ids, PNG mode L; {VOID_ID} = void/ignore",
+        "source": "dataset the row comes from",
+        "id": "stable unique id (file stem, plus `_y<top>_x<left>` for patches)",
+    }
+    for name, feature in features.items():
+        kind = type(feature).__name__ if not isinstance(feature, datasets.Value) else feature.dtype
+        lines.append(f"| `{name}` | {kind} | {meaning.get(name, '')} |")
+    if label_set is not None:
+        lines += ["", "## Classes", "", f"Label set `{label_set.name}`: {label_set.num_classes} classes.", ""]
+        lines += ["| id | class | colour (RGB) |", "|---|---|---|"]
+        for class_id, name in label_set.id2label.items():
+            colour = label_set.palette[class_id] if class_id < len(label_set.palette) else ""
+            lines.append(f"| {class_id} | {name} | {colour} |")
+        lines += ["", "## Ignored ids", "", "| id | meaning |", "|---|---|"]
+        for class_id, name in label_set.extra_ids.items():
+            lines.append(f"| {class_id} | {name} (in the labels, ignored by loss and metrics) |")
+        if label_set.ignore_index != VOID_ID and label_set.ignore_index not in label_set.extra_ids:
+            lines.append(f"| {label_set.ignore_index} | ignore index |")
+        lines.append(f"| {VOID_ID} | void: no data, eroded boundary or padding |")
+    lines += ["", "## Statistics", ""]
+    for split, stats in statistics.items():
+        sources = ", ".join(f"{k}: {v}" for k, v in stats["sources"].items())
+        lines += [
+            f"### {split}",
+            "",
+            f"- examples: {stats['num_examples']} in {stats['num_shards']} shard(s), "
+            f"{stats['num_bytes'] / 2**20:.1f} MB",
+            f"- sources: {sources}",
+        ]
+        if stats.get("mask_sizes"):
+            sizes = stats["mask_sizes"]
+            lines.append(
+                f"- mask height {sizes['height'][0]}..{sizes['height'][1]}, "
+                f"width {sizes['width'][0]}..{sizes['width'][1]} px"
+            )
+        for set_name, pixels in stats.get("class_pixels", {}).items():
+            total = sum(pixels.values()) or 1
+            names = get_label_set(set_name).id2label | get_label_set(set_name).extra_ids | {VOID_ID: "void"}
+            share = ", ".join(
+                f"{names.get(int(k), k)} {100 * v / total:.1f}%"
+                for k, v in sorted(pixels.items(), key=lambda kv: int(kv[0]))
+            )
+            lines.append(f"- pixels ({set_name}): {share}")
+        lines.append("")
+    lines += ["## Licence", "", f"`{info.license}`" + (f" ({info.license_name})" if info.license == "other" else "")]
+    if info.license_note:
+        lines += ["", info.license_note]
+    if info.citation:
+        lines += ["", "## Citation", "", "```bibtex", info.citation, "```"]
+    if info.notes:
+        lines += ["", info.notes]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["DatasetCardInfo", "to_parquet_shards"]

@@ -1,0 +1,256 @@
+"""Parquet shards and dataset card written by s5_hf.data.to_parquet_shards."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+from datasets.distributed import split_dataset_by_node
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+from s5_hf.data import DatasetCardInfo, load_benchmark, to_parquet_shards
+from s5_hf.data import synthetic as fake
+
+SHARD = re.compile(r"^(\w+)-(\d{5})-of-(\d{5})\.parquet$")
+
+
+@pytest.fixture(scope="module")
+def vaihingen(tmp_path_factory) -> datasets.Dataset:
+    """~140 labelled 32 px patches of a fake Vaihingen (map-style)."""
+    base = tmp_path_factory.mktemp("shards")
+    root = fake.make_fake_vaihingen(base / "vaihingen", size=64, seed=1)
+    return load_benchmark("vaihingen", root, "train", patch_size=32, cache_dir=base / "cache")
+
+
+@pytest.fixture(scope="module")
+def loveda_root(tmp_path_factory) -> Path:
+    return fake.make_fake_loveda(tmp_path_factory.mktemp("loveda") / "loveda", num_images=3, size=32, seed=2)
+
+
+def arrays(rows) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    return [
+        (row["id"], np.asarray(row["image"]), None if row["mask"] is None else np.asarray(row["mask"])) for row in rows
+    ]
+
+
+def assert_same_rows(actual, expected):
+    assert [a[0] for a in actual] == [e[0] for e in expected]
+    for (_, image, mask), (_, image_e, mask_e) in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(image, image_e)
+        np.testing.assert_array_equal(mask, mask_e)
+
+
+def shard_names(out_dir: Path) -> list[str]:
+    return sorted(p.name for p in (out_dir / "data").iterdir())
+
+
+def test_round_trip_streaming_and_map_style_pixel_exact(vaihingen, tmp_path):
+    out = tmp_path / "out"
+    paths = to_parquet_shards(vaihingen, out, shard_size_mb=0.05)
+    names = [p.name for p in paths]
+    assert len(names) > 1 and names == shard_names(out)
+    assert all(SHARD.match(n)[1] == "train" and int(SHARD.match(n)[3]) == len(names) for n in names)
+    assert [int(SHARD.match(n)[2]) for n in names] == list(range(len(names)))
+    expected = arrays(vaihingen)
+    streamed = load_dataset(str(out), split="train", streaming=True)
+    assert_same_rows(arrays(streamed), expected)
+    mapped = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert mapped.features == vaihingen.features
+    assert_same_rows(arrays(mapped), expected)
+    assert mapped[0]["mask"].mode == "L" and mapped[0]["source"] == "vaihingen"
+
+
+def test_shard_size_limit_and_row_groups(vaihingen, tmp_path):
+    big = to_parquet_shards(vaihingen, tmp_path / "big", shard_size_mb=100)
+    assert len(big) == 1 and pq.ParquetFile(big[0]).metadata.num_rows == len(vaihingen)
+    assert pq.ParquetFile(big[0]).metadata.num_row_groups == 2  # 100-row groups
+    small = to_parquet_shards(vaihingen, tmp_path / "small", shard_size_mb=0.02)
+    data_sizes = [p.stat().st_size - pq.ParquetFile(p).metadata.serialized_size for p in small]
+    assert len(small) >= 5 and max(data_sizes) <= 0.02 * 2**20 * 1.05
+
+
+def test_min_shards_from_a_stream_and_split_by_node_covers_every_sample_once(loveda_root, tmp_path):
+    stream = load_benchmark("loveda", loveda_root, "train", streaming=True)  # 6 images, unknown length
+    out = tmp_path / "out"
+    paths = to_parquet_shards(stream, out, shard_size_mb=100, min_shards=4)
+    assert [pq.ParquetFile(p).metadata.num_rows for p in paths] == [2, 2, 1, 1]
+    all_ids = [row["id"] for row in load_benchmark("loveda", loveda_root, "train", streaming=True)]
+    for world_size in (2, 3):  # shards divisible by the ranks, and not
+        seen = []
+        for rank in range(world_size):
+            part = split_dataset_by_node(load_dataset(str(out), split="train", streaming=True), rank, world_size)
+            seen += [row["id"] for row in part]
+        assert sorted(seen) == sorted(all_ids) and len(seen) == len(set(seen))
+    with pytest.raises(ValueError, match="6 rows, fewer than min_shards=7"):
+        to_parquet_shards(stream, tmp_path / "too_many", min_shards=7)
+
+
+def test_dataset_card_is_a_valid_hub_card(vaihingen, loveda_root, tmp_path):
+    out = tmp_path / "out"
+    to_parquet_shards(vaihingen, out)
+    card = DatasetCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    features = {f["name"]: f["dtype"] for f in data["dataset_info"]["features"]}
+    assert features == {"image": "image", "mask": "image", "source": "string", "id": "string"}
+    assert data["dataset_info"]["splits"] == [
+        {
+            "name": "train",
+            "num_bytes": (out / "data" / "train-00000-of-00001.parquet").stat().st_size,
+            "num_examples": len(vaihingen),
+        }
+    ]
+    label_set = data["label_set"]
+    assert label_set["class_names"] == {
+        0: "impervious_surface",
+        1: "building",
+        2: "low_vegetation",
+        3: "tree",
+        4: "car",
+    }
+    assert label_set["ignore_index"] == 5 and label_set["extra_ids"] == {5: "clutter"} and label_set["void_id"] == 255
+    assert data["license"] == "other" and data["license_name"]
+    assert "| 5 | clutter" in card.text and "| 255 | void" in card.text and "rottensteiner" in card.text
+    assert data["s5_statistics"]["train"]["sources"] == {"vaihingen": len(vaihingen)}
+    # A second split joins the first one in the configs; explicit card fields win.
+    loveda = load_benchmark("loveda", loveda_root, "val", streaming=True)
+    with pytest.raises(ValueError, match="label set 'vaihingen'"):  # LoveDA ids 5, 6 are not ISPRS ids
+        to_parquet_shards(loveda, out, split="validation", label_set="vaihingen")
+    to_parquet_shards(loveda, out, split="validation", card={"pretty_name": "Mixed", "license": "cc-by-4.0"})
+    data = DatasetCard.load(out / "README.md").data.to_dict()
+    assert data["configs"][0]["data_files"] == [
+        {"split": "train", "path": "data/train-*"},
+        {"split": "validation", "path": "data/validation-*"},
+    ]
+    assert data["pretty_name"] == "Mixed" and data["license"] == "cc-by-4.0"
+    assert sorted(data["s5_statistics"]) == ["train", "validation"]
+    loaded = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert {name: len(split) for name, split in loaded.items()} == {"train": len(vaihingen), "validation": 6}
+    with pytest.raises(TypeError, match="Unknown DatasetCardInfo field"):
+        to_parquet_shards(vaihingen, tmp_path / "bad_card", card={"licence": "mit"})
+    assert not (tmp_path / "bad_card").exists()  # checked before anything is written
+    assert isinstance(DatasetCardInfo(label_set="isaid").tags, list)
+
+
+def _segmentation_rows(source: str, masks: list[np.ndarray]) -> datasets.Dataset:
+    images = [np.full(mask.shape + (3,), 7, np.uint8) for mask in masks]
+    rows = {"image": images, "mask": masks, "source": [source] * len(masks), "id": [f"s{i}" for i in range(len(masks))]}
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "source": datasets.Value("string"),
+            "id": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def test_mask_ids_are_validated_against_the_label_set(tmp_path, caplog):
+    bad = _segmentation_rows("loveda", [np.zeros((8, 8), np.uint8), np.full((8, 8), 7, np.uint8)])
+    with pytest.raises(ValueError, match=r"Row 's1' \(source 'loveda'\).*'loveda'.*7 x 64.*validate=False"):
+        to_parquet_shards(bad, tmp_path / "bad")
+    assert not list((tmp_path / "bad" / "data").glob("*"))  # nothing left behind
+    to_parquet_shards(bad, tmp_path / "unchecked", validate=False)
+    stored = [
+        np.asarray(row["mask"]) for row in load_dataset(str(tmp_path / "unchecked"), split="train", streaming=True)
+    ]
+    assert stored[1].max() == 7
+    # ISPRS: clutter (5) and void (255) are valid, 6 is not.
+    ok = _segmentation_rows("potsdam", [np.array([[0, 4], [5, 255]], np.uint8)])
+    to_parquet_shards(ok, tmp_path / "ok")
+    with pytest.raises(ValueError, match="6 x 1"):
+        to_parquet_shards(_segmentation_rows("potsdam", [np.array([[6, 4]], np.uint8)]), tmp_path / "six")
+    # Unknown sources are validated only against an explicit label set.
+    pseudo = _segmentation_rows("millionaid", [np.full((4, 4), 15, np.uint8)])
+    with caplog.at_level(logging.WARNING, logger="s5_hf.data"):
+        to_parquet_shards(pseudo, tmp_path / "unvalidated")
+    assert "No label set for source 'millionaid'" in caplog.text
+    to_parquet_shards(pseudo, tmp_path / "pseudo", label_set="isaid")
+    assert DatasetCard.load(tmp_path / "pseudo" / "README.md").data.to_dict()["label_set"]["name"] == "isaid"
+    with pytest.raises(ValueError, match="16 x 16"):
+        to_parquet_shards(
+            _segmentation_rows("millionaid", [np.full((4, 4), 16, np.uint8)]), tmp_path / "p2", label_set="isaid"
+        )
+
+
+def test_interrupted_write_leaves_no_shard_and_keeps_the_old_one(vaihingen, tmp_path):
+    out = tmp_path / "out"
+    to_parquet_shards(vaihingen, out, shard_size_mb=100)
+    before = (out / "data" / "train-00000-of-00001.parquet").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        to_parquet_shards(vaihingen, out)
+
+    def broken():
+        for i, row in enumerate(
+            vaihingen.cast_column("image", datasets.Image(decode=False)).cast_column(
+                "mask", datasets.Image(decode=False)
+            )
+        ):
+            if i == 120:
+                raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the second row group
+            yield row
+
+    stream = datasets.IterableDataset.from_generator(broken, features=vaihingen.features)
+    with pytest.raises(KeyboardInterrupt):
+        to_parquet_shards(stream, out, shard_size_mb=0.05, overwrite=True)
+    assert shard_names(out) == ["train-00000-of-00001.parquet"]
+    assert (out / "data" / "train-00000-of-00001.parquet").read_bytes() == before
+    with pytest.raises(KeyboardInterrupt):
+        to_parquet_shards(stream, tmp_path / "fresh", shard_size_mb=0.05)
+    assert shard_names(tmp_path / "fresh") == [] and not (tmp_path / "fresh" / "README.md").exists()
+    # A successful overwrite replaces every old shard.
+    to_parquet_shards(vaihingen, out, shard_size_mb=0.05, overwrite=True)
+    assert len(shard_names(out)) > 1 and "train-00000-of-00001.parquet" not in shard_names(out)
+
+
+def test_path_only_images_are_embedded_and_extra_columns_kept(tmp_path):
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"img{i}.jpg")
+        Image.fromarray(np.full((6, 5, 3), 40 * i, np.uint8)).save(files[-1])
+    original = [f.read_bytes() for f in files]
+    dataset = datasets.Dataset.from_dict(
+        {"image": [str(f) for f in files], "score": [0.5, 1.5, 2.5], "source": ["star"] * 3, "id": ["a", "b", "c"]}
+    ).cast_column("image", datasets.Image())
+    to_parquet_shards(dataset, tmp_path / "out")
+    for f in files:
+        f.unlink()
+    rows = list(
+        load_dataset(str(tmp_path / "out"), split="train", streaming=True).cast_column(
+            "image", datasets.Image(decode=False)
+        )
+    )
+    assert [r["image"]["bytes"] for r in rows] == original  # the original JPEG bytes, not a re-encoding
+    assert [r["score"] for r in rows] == [0.5, 1.5, 2.5]
+
+
+def test_masks_are_stored_as_png_mode_l(tmp_path):
+    palette_mask = Image.fromarray(np.array([[0, 1], [2, 3]], np.uint8)).convert("P")
+    buffer = io.BytesIO()
+    palette_mask.save(buffer, format="PNG")
+    features = datasets.Features(
+        {"image": datasets.Image(), "mask": datasets.Image(), "source": datasets.Value("string")}
+    )
+    dataset = datasets.Dataset.from_dict(
+        {
+            "image": [np.zeros((2, 2, 3), np.uint8)],
+            "mask": [{"bytes": buffer.getvalue(), "path": None}],
+            "source": ["loveda"],
+        },
+        features=features,
+    )
+    to_parquet_shards(dataset, tmp_path / "out")
+    row = next(iter(load_dataset(str(tmp_path / "out"), split="train", streaming=True)))
+    assert row["mask"].mode == "L" and row["mask"].format == "PNG"
+    np.testing.assert_array_equal(np.asarray(row["mask"]), [[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="Invalid split name"):
+        to_parquet_shards(dataset, tmp_path / "x", split="train-2")
