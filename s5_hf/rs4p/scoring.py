@@ -1,0 +1,269 @@
+"""Scoring pool chunks with a segmentation model, and the Parquet score shards that hold the results.
+
+Every image of a chunk gets one row in the chunk's score shard, in chunk order: scores for the images the
+model saw, or the reason it could not (`error`), so nothing is dropped silently. Batches never span chunks,
+which makes a chunk's scores independent of which process scored it and of earlier interrupted runs.
+
+Image handling (documented choice; the paper's pool is 512x512 patches): images are decoded with Pillow,
+converted to 8-bit RGB, and resized bilinearly to `image_size` x `image_size` if they are not already that
+size. Pseudo-labels are at `image_size`. Cutting large scenes into patches is a preprocessing step before
+selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
+from .entropy import score_logits
+from .kmeans import l2_normalize
+from .pool import Chunk, RawImage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoringOptions:
+    """How images are scored.
+
+    Attributes:
+        image_size: side of the square the model sees (a multiple of the patch size).
+        batch_size: images per forward pass.
+        background_id: class excluded from the entropy sum (None: none excluded).
+        task: task (dataset head) of a multi-task model; None uses the model's default task.
+        features_only: compute only the pooled feature (backbone forward; used for the labeled set).
+    """
+
+    image_size: int = 512
+    batch_size: int = 16
+    background_id: int | None = 0
+    task: str | None = None
+    features_only: bool = False
+
+
+def _without_addresses(error: Exception) -> str:
+    # Pillow's messages name the BytesIO object by memory address; drop it so reports are reproducible.
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+
+
+def image_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_image(data: bytes, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode to `(image_size, image_size, 3)` uint8 RGB; also returns the original (height, width).
+
+    Raises whatever Pillow raises on a corrupt file; callers record it as a per-image failure.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        size = (image.height, image.width)
+        rgb = image.convert("RGB")
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb), size
+
+
+def to_pixel_values(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack uint8 HWC RGB images into normalised `(B, 3, H, W)` float32 (the S5 image processor's constants)."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(S5_IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(S5_IMAGE_STD).view(1, 3, 1, 1)
+    return batch.sub_(mean).div_(std)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Lossless PNG of a class-id map (8-bit, or 16-bit for models with more than 256 classes)."""
+    image = Image.fromarray(mask if mask.dtype == np.uint8 else mask.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def score_schema(num_classes: int, feature_dim: int) -> pa.Schema:
+    return pa.schema([
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("error", pa.string()),  # null for scored images
+        ("height", pa.int32()),  # original size
+        ("width", pa.int32()),
+        ("entropy", pa.float64()),
+        ("confidence", pa.float64()),
+        ("class_counts", pa.list_(pa.int64(), num_classes)),
+        ("feature", pa.list_(pa.float16(), feature_dim)),  # L2-normalised pooled feature
+        ("pseudo_label", pa.binary()),  # PNG
+        ("digest", pa.string()),  # of the encoded bytes, to detect files changed between scoring and export
+    ])
+
+
+class ChunkScorer:
+    """Scores the images of one chunk in batches and returns its score table (one row per image, in order)."""
+
+    def __init__(self, model: torch.nn.Module, options: ScoringOptions, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        config = model.config
+        if options.image_size % config.patch_size:
+            raise ValueError(
+                f"image_size ({options.image_size}) must be a multiple of the patch size ({config.patch_size})."
+            )
+        task = config.get_task(options.task or config.default_task)
+        self.task_name = task["name"]
+        self.id2label = task["id2label"]
+        self.num_classes = len(self.id2label)
+        if options.background_id is not None and not 0 <= options.background_id < self.num_classes:
+            raise ValueError(
+                f"background_id {options.background_id} is not a class of task {self.task_name!r} "
+                f"(0..{self.num_classes - 1}); pass None to exclude no class."
+            )
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.options = options
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.feature_dim = config.hidden_size
+        self.schema = score_schema(self.num_classes, self.feature_dim)
+        self.images_scored = 0
+
+    def score(self, images: Iterable[RawImage]) -> pa.Table:
+        rows: list[dict] = []
+        pending: list[tuple[int, np.ndarray]] = []  # (row, decoded image) waiting for a forward pass
+        for raw in images:
+            row = {"id": raw.id, "source": raw.source, "error": raw.error}
+            rows.append(row)
+            if raw.error is not None:
+                continue
+            row["digest"] = image_digest(raw.data)
+            try:
+                pixels, (row["height"], row["width"]) = decode_image(raw.data, self.options.image_size)
+            except Exception as error:  # per-image policy: any decoding failure is recorded, never fatal
+                row["error"] = f"cannot decode image: {type(error).__name__}: {_without_addresses(error)}"
+                continue
+            pending.append((len(rows) - 1, pixels))
+            if len(pending) == self.options.batch_size:
+                self._forward(pending, rows)
+                pending = []
+        if pending:
+            self._forward(pending, rows)
+        for row in rows:
+            if row["error"] is not None:
+                logger.warning("Skipping image %s (source %s): %s", row["id"], row["source"], row["error"])
+        return self._to_table(rows)
+
+    @torch.inference_mode()
+    def _forward(self, pending: list[tuple[int, np.ndarray]], rows: list[dict]) -> None:
+        pixel_values = to_pixel_values([pixels for _, pixels in pending]).to(self.device, self.dtype)
+        if self.options.features_only:
+            pooled = self.model.base_model(pixel_values, task=self.task_name).pooler_output
+            scores = None
+        else:
+            output = self.model(pixel_values, task=self.task_name)
+            pooled = output.pooler_output
+            scores = score_logits(output.logits, self.options.background_id)
+        features = l2_normalize(pooled).half().cpu().numpy()
+        finite = torch.isfinite(pooled).all(dim=1).cpu()
+        if scores is not None:
+            finite &= scores.finite.cpu()
+            labels = scores.pseudo_labels.cpu().numpy()
+            entropy, confidence = scores.entropy.cpu().numpy(), scores.confidence.cpu().numpy()
+            counts = scores.class_counts.cpu().numpy()
+        for i, (row_index, _) in enumerate(pending):
+            row = rows[row_index]
+            if not finite[i]:
+                row["error"] = "the model produced NaN or infinite outputs for this image"
+                continue
+            row["feature"] = features[i]
+            if scores is not None:
+                row["entropy"], row["confidence"] = float(entropy[i]), float(confidence[i])
+                row["class_counts"] = counts[i]
+                row["pseudo_label"] = encode_mask(labels[i])
+        self.images_scored += len(pending)
+
+    def _to_table(self, rows: list[dict]) -> pa.Table:
+        ok = np.array([row["error"] is None for row in rows], dtype=bool)
+        has_scores = ok & np.array(["entropy" in row for row in rows], dtype=bool)  # not for features_only
+        features = np.zeros((len(rows), self.feature_dim), dtype=np.float16)
+        counts = np.zeros((len(rows), self.num_classes), dtype=np.int64)
+        for i in np.flatnonzero(ok):
+            features[i] = rows[i]["feature"]
+        for i in np.flatnonzero(has_scores):
+            counts[i] = rows[i]["class_counts"]
+
+        def column(key: str, kind: pa.DataType, present: np.ndarray | None = None) -> pa.Array:
+            return pa.array([row.get(key) if present is None or present[i] else None for i, row in enumerate(rows)],
+                            kind)
+
+        columns = {
+            "id": column("id", pa.string()),
+            "source": column("source", pa.string()),
+            "error": column("error", pa.string()),
+            "height": column("height", pa.int32()),
+            "width": column("width", pa.int32()),
+            "entropy": column("entropy", pa.float64(), has_scores),
+            "confidence": column("confidence", pa.float64(), has_scores),
+            "class_counts": pa.FixedSizeListArray.from_arrays(
+                pa.array(counts.ravel(), pa.int64()), self.num_classes, mask=pa.array(~has_scores)
+            ),
+            "feature": pa.FixedSizeListArray.from_arrays(
+                pa.array(features.ravel(), pa.float16()), self.feature_dim, mask=pa.array(~ok)
+            ),
+            "pseudo_label": column("pseudo_label", pa.binary(), has_scores),
+            "digest": column("digest", pa.string()),
+        }
+        return pa.table(columns, schema=self.schema)
+
+
+class ScoreStore:
+    """A folder of score shards, `chunk-<index>.parquet`, each written atomically (temporary name, rename)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def path(self, chunk_index: int) -> Path:
+        return self.directory / f"chunk-{chunk_index:06d}.parquet"
+
+    def write(self, chunk_index: int, table: pa.Table) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.path(chunk_index)
+        temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        pq.write_table(table, temporary)
+        os.replace(temporary, final)  # atomic: a killed run leaves a stray temporary, never a half shard
+        return final
+
+    def remove_temporaries(self) -> int:
+        """Delete temporaries left by killed runs (call while no process is writing)."""
+        stale = list(self.directory.glob(".chunk-*.parquet.tmp-*")) if self.directory.exists() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    def is_complete(self, chunk: Chunk, expected_ids: Sequence[str]) -> bool:
+        """Whether the chunk's shard exists and holds exactly its images; a damaged shard is reported."""
+        path = self.path(chunk.index)
+        if not path.exists():
+            return False
+        try:
+            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        except Exception as error:  # unreadable shard: re-score rather than fail the whole run
+            logger.warning("Score shard %s is unreadable (%s): its chunk will be scored again.", path, error)
+            return False
+        if ids != list(expected_ids):
+            logger.warning("Score shard %s does not hold the images of chunk %d: it will be scored again.",
+                           path, chunk.index)
+            return False
+        return True
+
+
+__all__ = ["ChunkScorer", "ScoreStore", "ScoringOptions", "decode_image", "encode_mask",
+           "image_digest", "score_schema", "to_pixel_values"]
