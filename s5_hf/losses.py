@@ -1,0 +1,129 @@
+"""Losses of S4P (supervised + FixMatch-style unlabeled term with CutMix) and MoE-MDF (per-dataset CE).
+
+The S4P step (spec section 2): the same network, in eval mode and without gradients, predicts the weak views of
+the unlabeled batch u and of its CutMix partner batch u_mix; pseudo-label = argmax, confidence = max softmax.
+`cutmix_pseudo_labels` pastes u_mix's label, confidence and ignore mask inside the CutMix box (where the strong
+image was pasted from u_mix, see `s5_hf.augment.cutmix_images`), and `fixmatch_unlabeled_loss` scores the strong
+predictions against them. The total is `(masked_cross_entropy(labeled) + loss_u) / 2`.
+
+Losses are computed in float32 whatever the logits' dtype, so they are safe under AMP autocast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .label_sets import VOID_ID
+
+# The ignore id handed to F.cross_entropy after our own masking; never a class id or a dataset's ignore id.
+_MASKED = -100
+
+
+def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if logits.ndim < 2 or target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"{name}: logits {tuple(logits.shape)} (B, K, ...) do not match targets {tuple(target.shape)} "
+                         "(B, ...).")
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"{name}: targets must be integer class ids, got dtype {target.dtype}.")
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int | None,
+    extra_ignore: Sequence[int] = (VOID_ID,),
+) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose target is neither `ignore_index` nor one of `extra_ignore`.
+
+    Args:
+        logits: (B, K, H, W) (or any (B, K, ...)) raw scores.
+        target: (B, H, W) class ids.
+        ignore_index: the dataset's ignore id (5 for ISPRS, 255 elsewhere), or None for none beyond `extra_ignore`.
+        extra_ignore: further ignored ids; the void id 255 (padding) by default.
+
+    Returns a 0-dim float32 tensor; 0 (still attached to the graph) if every pixel is ignored. Targets outside
+    `[0, K)` that are not ignored raise a ValueError naming them.
+    """
+    _check_logits_and_target(logits, target, "masked_cross_entropy")
+    num_classes = logits.shape[1]
+    target = target.long()
+    ignored = torch.zeros_like(target, dtype=torch.bool)
+    for ignored_id in ([] if ignore_index is None else [ignore_index]) + list(extra_ignore):
+        ignored |= target == ignored_id
+    invalid = ~ignored & ((target < 0) | (target >= num_classes))
+    if invalid.any():
+        values = torch.unique(target[invalid]).tolist()[:10]
+        raise ValueError(f"Target ids {values} are outside the {num_classes} classes 0..{num_classes - 1} and not "
+                         f"ignored (ignored ids: {ignore_index} and {list(extra_ignore)}).")
+    if ignored.all():
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), target.masked_fill(ignored, _MASKED), ignore_index=_MASKED)
+
+
+def cutmix_pseudo_labels(
+    pred_u: torch.Tensor,
+    conf_u: torch.Tensor,
+    ignore_u: torch.Tensor,
+    pred_mix: torch.Tensor,
+    conf_mix: torch.Tensor,
+    ignore_mix: torch.Tensor,
+    box: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pseudo-label, confidence, ignore mask) of the CutMix-ed strong images: u's values outside the box and the
+    partner's inside it (box == 1). All inputs are (B, H, W); `box` holds 0/1 (any integer or bool dtype)."""
+    shape = pred_u.shape
+    for name, tensor in (("conf_u", conf_u), ("ignore_u", ignore_u), ("pred_mix", pred_mix),
+                         ("conf_mix", conf_mix), ("ignore_mix", ignore_mix), ("box", box)):
+        if tensor.shape != shape:
+            raise ValueError(f"cutmix_pseudo_labels: {name} has shape {tuple(tensor.shape)}, pred_u {tuple(shape)}.")
+    if box.dtype != torch.bool:
+        if box.is_floating_point() or ((box != 0) & (box != 1)).any():
+            raise ValueError("cutmix_pseudo_labels: box must be a 0/1 integer or bool mask.")
+        box = box.bool()
+    pseudo_label = torch.where(box, pred_mix, pred_u)
+    return pseudo_label, torch.where(box, conf_mix, conf_u), torch.where(box, ignore_mix, ignore_u)
+
+
+def fixmatch_unlabeled_loss(
+    logits_strong: torch.Tensor,
+    pseudo_label: torch.Tensor,
+    confidence: torch.Tensor,
+    ignore_mask: torch.Tensor,
+    threshold: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unlabeled loss of S4P and the share of confident pixels.
+
+    Per-pixel cross-entropy of `logits_strong` (B, K, H, W) against `pseudo_label` (B, H, W), kept where
+    `confidence >= threshold` and `ignore_mask != 255`, summed, and divided by the number of valid
+    (`ignore_mask != 255`) pixels, confident or not: low-confidence pixels count in the denominator, as in the
+    official code. Background is a class like any other for the threshold.
+
+    Returns `(loss, confident_ratio)`: a 0-dim float32 loss and the detached share of valid pixels that are
+    confident. With no valid pixel both are 0 (the official code would divide by zero).
+    """
+    _check_logits_and_target(logits_strong, pseudo_label, "fixmatch_unlabeled_loss")
+    if confidence.shape != pseudo_label.shape or ignore_mask.shape != pseudo_label.shape:
+        raise ValueError(f"fixmatch_unlabeled_loss: pseudo_label {tuple(pseudo_label.shape)}, confidence "
+                         f"{tuple(confidence.shape)} and ignore_mask {tuple(ignore_mask.shape)} must have one shape.")
+    num_classes = logits_strong.shape[1]
+    valid = ignore_mask != VOID_ID
+    pseudo_label = pseudo_label.long()
+    invalid = valid & ((pseudo_label < 0) | (pseudo_label >= num_classes))
+    if invalid.any():
+        values = torch.unique(pseudo_label[invalid]).tolist()[:10]
+        raise ValueError(f"Pseudo-labels {values} are outside the {num_classes} classes at valid pixels.")
+    confident = valid & (confidence >= threshold)
+    # Padding may carry any pseudo-label; masking it keeps F.cross_entropy from seeing it.
+    per_pixel = F.cross_entropy(logits_strong.float(), pseudo_label.masked_fill(~valid, _MASKED),
+                                ignore_index=_MASKED, reduction="none")
+    num_valid = valid.sum()
+    denominator = num_valid.clamp(min=1)
+    loss = (per_pixel * confident).sum() / denominator
+    confident_ratio = (confident.sum() / denominator).detach().float()
+    return loss, confident_ratio
+
+
+__all__ = ["cutmix_pseudo_labels", "fixmatch_unlabeled_loss", "masked_cross_entropy"]
