@@ -1,0 +1,321 @@
+"""Publishing S5 models and datasets on the Hugging Face Hub.
+
+    s5-publish model outputs/mdf-vit-b  my-org/s5-vit-b-mdf  [--card s5-vit-b-mdf | --card README.md] [--private]
+    s5-publish dataset outputs/rs4p/dataset  my-org/rs4p-1m
+    s5-publish model FOLDER REPO --dry-run      (check the folder and print the card and the file list only)
+
+A model folder is checked before anything is uploaded: it must hold safetensors weights only (no pickled
+`.bin`/`.pth` files), `config.json`, `preprocessor_config.json` and the model code that `save_pretrained` copies
+for `trust_remote_code` (with every relative import it needs); it must load with `from_pretrained`, have at
+least one task, and run a forward pass for every task on a small dummy input. Then one commit uploads those
+files plus the model card (`README.md`). A dataset folder (Parquet shards under `data/` plus the `README.md`
+card, as written by the RS4P pipeline) must load with `datasets` in streaming mode before it is uploaded.
+
+The Hub endpoint and token come from the usual `HF_ENDPOINT` / `HF_TOKEN` settings, or pass an `HfApi`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, ModelCard
+
+from .model_card import RELEASED_MODELS, build_model_card, released_card, validate_card_text
+
+logger = logging.getLogger(__name__)
+
+# Pickle-based formats execute code when loaded: never published.
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
+MODEL_FILES = ("config.json", "preprocessor_config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+DATASET_PATTERNS = ["README.md", "data/**", "*.parquet", "*.json", "*.jsonl", "*.png"]
+
+
+class PublishError(ValueError):
+    """The folder cannot be published as it is; the message says what is wrong and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+def _pickles(folder: Path) -> list[str]:
+    found = [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(PICKLE_SUFFIXES)]
+    return sorted(str(p.relative_to(folder)) for p in found)
+
+
+def remote_code_files(folder: Path) -> list[str]:
+    """The `.py` files the folder's `auto_map` entries name, plus the modules they import relatively (recursively).
+
+    Raises PublishError if `auto_map` is missing or a needed module is not in the folder.
+    """
+    needed: list[str] = []
+    for name in MODEL_FILES:
+        path = folder / name
+        auto_map = json.loads(path.read_text()).get("auto_map") if path.is_file() else None
+        if not auto_map:
+            raise PublishError(
+                f"{path} has no auto_map, so the model would not load with trust_remote_code. Re-save the model "
+                f"and processor with s5_hf imported (model.save_pretrained / processor.save_pretrained)."
+            )
+        for reference in auto_map.values():
+            reference = reference[0] if isinstance(reference, list) else reference
+            needed.append(reference.split(".")[0] + ".py")
+    found: list[str] = []
+    while needed:
+        module = needed.pop()
+        if module in found:
+            continue
+        path = folder / module
+        if not path.is_file():
+            raise PublishError(
+                f"{folder} lacks {module}, which the remote code needs. Re-save with s5_hf imported so "
+                f"save_pretrained copies the code."
+            )
+        found.append(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                needed.append(node.module.split(".")[0] + ".py")
+    return sorted(found)
+
+
+def check_model_folder(folder: str | os.PathLike):
+    """Check a saved S5 model folder can be published; returns the loaded model (eval mode).
+
+    Raises PublishError naming the problem (pickled weights, missing files or code, no tasks, failing forward).
+    """
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    from . import S5ForSemanticSegmentation  # noqa: F401  (registers the Auto classes)
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: not a folder.")
+    pickles = _pickles(folder)
+    if pickles:
+        raise PublishError(
+            f"{folder} holds pickled weights {pickles}: only safetensors are published. Remove them (re-save with "
+            f"save_pretrained, which writes model.safetensors)."
+        )
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise PublishError(f"{folder} lacks {missing}; save the model and its S5ImageProcessor there first.")
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        raise PublishError(f"{folder} has no safetensors weights (model.safetensors).")
+    remote_code_files(folder)
+    try:
+        model, info = AutoModelForSemanticSegmentation.from_pretrained(folder, output_loading_info=True)
+        AutoImageProcessor.from_pretrained(folder)
+    except Exception as error:  # any loading failure means the repo would be broken
+        raise PublishError(f"{folder} does not load: {type(error).__name__}: {error}") from error
+    # from_pretrained only warns about weights it could not fill and initialises them randomly: refuse that.
+    problems = {kind: sorted(info.get(kind) or [])[:5] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise PublishError(f"{folder}: the weights do not match the configuration: "
+                           + "; ".join(f"{kind} {keys}" for kind, keys in problems.items() if keys))
+    model.eval()
+    config = model.config
+    if not getattr(config, "tasks", None):
+        raise PublishError(f"{folder}: the model has no tasks.")
+    size = 4 * config.patch_size
+    dummy = torch.zeros(1, config.num_channels, size, size)
+    with torch.no_grad():
+        for spec in config.tasks:
+            logits = model(dummy, task=spec["name"]).logits
+            expected = (1, len(spec["id2label"]), size, size)
+            if tuple(logits.shape) != expected or not torch.isfinite(logits).all():
+                raise PublishError(
+                    f"{folder}: task {spec['name']!r} gives logits of shape {tuple(logits.shape)} "
+                    f"(expected {expected}) or non-finite values."
+                )
+    return model
+
+
+def _architecture(config) -> dict:
+    return {"hidden_size": config.hidden_size, "layers": config.num_hidden_layers, "tasks": config.task_names,
+            "expert_features": config.part_features if config.use_experts else 0}
+
+
+def resolve_card(card: str | os.PathLike | ModelCard | None, config, repo_id: str) -> ModelCard:
+    """The card to publish: a `ModelCard`, a released model's name (`s5-vit-b-mdf`, ...), a Markdown file, or None
+    for a card generated from the configuration (without results)."""
+    if isinstance(card, ModelCard):
+        return card
+    if card is None:
+        return build_model_card(config, repo_id)
+    released = {m.name: m for m in RELEASED_MODELS}
+    if str(card) in released:
+        model = released[str(card)]
+        expected, got = _architecture(model.config()), _architecture(config)
+        if expected != got:
+            raise PublishError(f"Card {card!r} describes {expected} but the folder's model is {got}.")
+        return released_card(model, repo_id)
+    path = Path(card)
+    if not path.is_file():
+        raise PublishError(f"Card {card!r} is neither a file nor a released model ({', '.join(released)}).")
+    return ModelCard.load(path)
+
+
+def publish_model(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: str | os.PathLike | ModelCard | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Check `folder` (see `check_model_folder`) and upload it with its card to the model repo `repo_id` in one
+    commit. Earlier weight files of the repo that this upload does not replace are deleted in the same commit.
+
+    Returns `{"repo_id", "files", "commit_url"}` (`commit_url` is None with `dry_run`).
+    """
+    folder = Path(folder)
+    model = check_model_folder(folder)
+    model_card = resolve_card(card, model.config, repo_id)
+    validate_card_text(str(model_card))
+    files = sorted(
+        {p.name for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)}
+        | set(MODEL_FILES)
+        | set(remote_code_files(folder))
+    )
+    skipped = sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != "README.md")
+    if skipped:
+        logger.info("Not uploaded (not part of a model repo): %s", skipped)
+    result = {"repo_id": repo_id, "files": files + ["README.md"], "commit_url": None, "card": str(model_card)}
+    if dry_run:
+        return result
+    api = api or HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(model_card).encode()))
+    stale = [
+        name for name in api.list_repo_files(repo_id, repo_type="model")
+        if name not in files and (name.endswith(WEIGHT_SUFFIXES) or name.endswith(PICKLE_SUFFIXES))
+    ]
+    operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+    commit = api.create_commit(
+        repo_id, operations, repo_type="model",
+        commit_message=commit_message or f"Upload S5 model ({', '.join(model.config.task_names)})",
+    )
+    result["commit_url"] = commit.commit_url
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------------
+def check_dataset_folder(folder: str | os.PathLike) -> dict[str, int]:
+    """Check a Parquet dataset folder with its card loads in streaming mode; returns {split: columns} of the first row.
+
+    Raises PublishError when the card is missing or unparsable, pickles are present, or a split does not stream.
+    """
+    import datasets
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: not a folder.")
+    pickles = _pickles(folder)
+    if pickles:
+        raise PublishError(f"{folder} holds pickled files {pickles}; datasets are published as Parquet only.")
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise PublishError(f"{folder} has no README.md (the dataset card).")
+    try:
+        DatasetCard.load(readme)
+    except Exception as error:
+        raise PublishError(f"{readme}: the dataset card does not parse: {error}") from error
+    if not list(folder.rglob("*.parquet")):
+        raise PublishError(f"{folder} holds no Parquet files.")
+    try:
+        streams = datasets.load_dataset(str(folder), streaming=True)
+        columns = {split: len(next(iter(stream))) for split, stream in streams.items()}
+    except StopIteration:
+        raise PublishError(f"{folder}: a split has no rows.") from None
+    except Exception as error:
+        raise PublishError(f"{folder} does not load with datasets: {type(error).__name__}: {error}") from error
+    return columns
+
+
+def publish_dataset(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Check `folder` (see `check_dataset_folder`) and upload its card, Parquet shards and reports (JSON/PNG) to the
+    dataset repo `repo_id`. Returns `{"repo_id", "splits", "commit_url"}`."""
+    splits = check_dataset_folder(folder)
+    result = {"repo_id": repo_id, "splits": sorted(splits), "commit_url": None}
+    if dry_run:
+        return result
+    api = api or HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id, repo_type="dataset", folder_path=str(folder), allow_patterns=DATASET_PATTERNS,
+        commit_message=commit_message or "Upload dataset",
+    )
+    result["commit_url"] = commit.commit_url
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s5-publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["model", "dataset"])
+    parser.add_argument("folder")
+    parser.add_argument("repo_id", help="namespace/name on the Hub")
+    parser.add_argument("--card", help="models: a released model's name (e.g. s5-vit-b-mdf) or a Markdown card; "
+                                       "default: generated from the config, without results")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--message", help="commit message")
+    parser.add_argument("--dry-run", action="store_true", help="check and show what would be uploaded")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.kind == "model":
+            result = publish_model(args.folder, args.repo_id, card=args.card, private=args.private,
+                                   commit_message=args.message, dry_run=args.dry_run)
+            if args.dry_run:
+                print(result.pop("card"))
+            else:
+                result.pop("card")
+        else:
+            if args.card:
+                parser.error("--card is for models; a dataset folder carries its card as README.md")
+            result = publish_dataset(args.folder, args.repo_id, private=args.private,
+                                     commit_message=args.message, dry_run=args.dry_run)
+    except PublishError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+__all__ = [
+    "PublishError",
+    "check_dataset_folder",
+    "check_model_folder",
+    "publish_dataset",
+    "publish_model",
+    "remote_code_files",
+    "resolve_card",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
