@@ -1,0 +1,187 @@
+"""Training and evaluation streams: any dataset source -> per-process, endless, resumable batches.
+
+A source is named on the command line as ``NAME=LOCATION`` (or just ``LOCATION``):
+
+- a benchmark in its owner's layout (``vaihingen=/data/Vaihingen``): read with `load_benchmark`, streamed;
+- a folder of Parquet shards written by `to_parquet_shards` or the RS4P export (``rs4p=/data/rs4p``);
+- a Hub dataset id (``rs4p=s5/rs4p-1m``), streamed with `datasets.load_dataset`.
+
+Every process reads its own part (`datasets.distributed.split_dataset_by_node`: whole shards when the shard count
+divides by the world size, every `world_size`-th row otherwise), so no sample is read twice or missed. A sample's
+augmentation is drawn from a generator seeded by (seed, epoch, crc32 of its ``id``): independent of the process
+count, the worker count and of resuming. Each stream cycles through epochs on its own (a smaller labeled set simply
+restarts, as the official code repeats it), reshuffling with `set_epoch`.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from .registry import BENCHMARKS, load_benchmark
+from ..augment import sample_generator
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A parsed ``NAME=LOCATION`` argument. `name` is the task (dataset head) the rows train; for benchmark
+    layouts it also selects the reader."""
+
+    name: str
+    location: str
+
+    @classmethod
+    def parse(cls, text: str, default_name: str | None = None) -> DataSource:
+        name, sep, location = text.partition("=")
+        if not sep:
+            name, location = default_name or "", text
+        name, location = name.strip().lower(), location.strip()
+        if not name or not location:
+            raise ValueError(f"Data source {text!r} must be NAME=LOCATION, e.g. vaihingen=/data/Vaihingen.")
+        return cls(name, location)
+
+    @property
+    def kind(self) -> str:
+        path = Path(self.location)
+        if path.is_dir():
+            if (path / "data").is_dir() and any((path / "data").glob("*.parquet")):
+                return "shards"
+            if any(path.glob("*.parquet")):
+                return "shards"
+            if self.name in BENCHMARKS:
+                return "benchmark"
+            raise ValueError(
+                f"{self.location} holds no Parquet shards, and {self.name!r} is not a benchmark with a known layout "
+                f"({', '.join(BENCHMARKS)}): name the source after its benchmark or point at a shard folder."
+            )
+        # Anything that is not an existing folder must look like a Hub id ("owner/name" or "name").
+        if path.exists() or self.location.startswith((".", "/", "~")) or self.location.count("/") > 1:
+            raise FileNotFoundError(f"Data source {self.name!r}: {self.location} is not a folder (nor a Hub id).")
+        return "hub"
+
+    def load(self, split: str, **options: Any) -> datasets.IterableDataset:
+        """The rows of `split` as a streaming dataset (columns ``image``, optional ``mask``, ``id``, ...)."""
+        kind = self.kind
+        if kind == "benchmark":
+            return load_benchmark(self.name, self.location, split, streaming=True, **options)
+        if options:
+            raise TypeError(f"Reader options {sorted(options)} apply to benchmark layouts, not to {kind} {self.location}.")
+        try:
+            return datasets.load_dataset(self.location, split=split, streaming=True)
+        except ValueError as error:  # datasets' "Unknown split" and similar
+            raise ValueError(f"Data source {self.name}={self.location}: cannot load split {split!r}: {error}") from error
+
+
+def process_part(dataset: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
+    """This process's part of a streaming dataset (no duplicates, nothing missed)."""
+    return dataset if world_size == 1 else split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+
+
+def sample_seed_key(row: dict) -> int:
+    sample_id = row.get("id")
+    if sample_id is None:
+        raise KeyError("Training rows need an 'id' column (stable unique id) to seed their augmentation.")
+    return zlib.crc32(str(sample_id).encode())
+
+
+class _Augmented(torch.utils.data.IterableDataset):
+    """Rows of `dataset` at `epoch`, transformed with their per-sample generator (runs inside loader workers)."""
+
+    def __init__(self, dataset: datasets.IterableDataset, transform: Callable, seed: int, epoch: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, epoch
+
+    def __iter__(self):
+        self.dataset.set_epoch(self.epoch)
+        for row in self.dataset:
+            yield self.transform(row, generator=sample_generator(self.seed, self.epoch, sample_seed_key(row)))
+
+
+class TrainStream:
+    """Endless batches of one training source, with a position that `accelerate` checkpoints.
+
+    Args:
+        dataset: this process's part (see `process_part`), streaming.
+        transform: `LabeledTransform` / `UnlabeledTransform` (called as ``transform(row, generator=...)``).
+        batch_size: per process; incomplete batches at the end of an epoch are dropped (BatchNorm needs full ones).
+        seed: shuffling and augmentation seed; use different seeds for two views of one source.
+        shuffle_buffer: rows in the shuffle buffer (shard order is shuffled too); 0 keeps the stored order.
+        num_workers: DataLoader workers (each reads whole shards).
+        name: for messages.
+
+    `state_dict()` is (epoch, batches served in that epoch). On resume the stream replays the epoch's order and
+    skips that many batches, so the next batch is the one an uninterrupted run would have drawn (skipped batches
+    are still read and augmented: resuming late in a long epoch takes time).
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.IterableDataset,
+        transform: Callable,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        num_workers: int = 0,
+        name: str = "data",
+    ):
+        if batch_size < 1:
+            raise ValueError(f"{name}: batch size must be >= 1, got {batch_size}.")
+        self.dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 0 else dataset
+        self.transform, self.batch_size, self.seed = transform, batch_size, seed
+        self.num_workers, self.name = num_workers, name
+        self.epoch, self.batches_in_epoch = 0, 0
+        self._iterator: Iterator | None = None
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        # A private generator: creating an iterator must not consume the global RNG, which dropout and drop path
+        # use; otherwise a resumed run (which creates its iterators at a different moment) would diverge.
+        return torch.utils.data.DataLoader(
+            _Augmented(self.dataset, self.transform, self.seed, self.epoch),
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _start_epoch(self, skip: int) -> None:
+        self._iterator = iter(self._loader())
+        for index in range(skip):
+            if next(self._iterator, None) is None:
+                raise RuntimeError(f"{self.name}: cannot resume at batch {skip} of epoch {self.epoch}: the epoch has "
+                                   f"only {index} batches now (did the data change since the checkpoint?).")
+
+    def __iter__(self) -> TrainStream:
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._start_epoch(self.batches_in_epoch)
+        batch = next(self._iterator, None)
+        if batch is None:
+            if self.batches_in_epoch == 0:
+                raise ValueError(
+                    f"{self.name}: no full batch of {self.batch_size} in an epoch: this process's part of the data "
+                    f"has fewer than {self.batch_size} samples (empty dataset, or too few rows for the process count)."
+                )
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+            self._start_epoch(0)
+            batch = next(self._iterator)
+        self.batches_in_epoch += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batches_in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
+        self._iterator = None
+
+
+__all__ = ["DataSource", "TrainStream", "process_part", "sample_seed_key"]

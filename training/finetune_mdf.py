@@ -1,0 +1,186 @@
+"""MoE-MDF: multi-dataset fine-tuning of S5 with per-dataset FFN experts and decoders (spec section 3).
+
+    accelerate launch training/finetune_mdf.py --model_name_or_path runs/s4p-vit-b/model \
+        --train_datasets vaihingen=/data/Vaihingen potsdam=/data/Potsdam \
+                         openearthmap=/data/OpenEarthMap loveda=/data/LoveDA \
+        --output_dir runs/mdf-vit-b
+
+From a single-task (S4P) model, every dataset gets an expert initialised from the tail rows of the pretrained FFN
+output layer (so each starts at the pretrained function) and a copy of the pretrained decoder; classifiers start
+fresh. Each step takes one batch of every dataset, runs them in one forward (the model routes rows to their
+experts and decoders; `--no-mixed_batch` runs one forward per dataset as the official code), and sums the
+per-dataset cross-entropies, each with its ignore index and weight. The official run switches the Vaihingen loss
+on at 70 % of training (`--loss_start vaihingen=0.7`, the default).
+
+Validation follows each dataset's official protocol (`s5_hf.evaluation`); the best model (mean mIoU over
+Vaihingen, Potsdam and OpenEarthMap, as the official model selection) is kept in `<output_dir>/best`.
+Defaults are the official run's: crop 512, batch 12 per dataset and process, AdamW lr 5e-5, weight decay 0.05,
+cosine schedule, no layer decay (configured but not applied by the official optimiser).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf.augment import LabeledTransform
+from s5_hf.data.streams import DataSource, TrainStream, process_part
+from s5_hf.evaluation import evaluate_sources
+from s5_hf.label_sets import LABEL_SETS
+from s5_hf.losses import masked_cross_entropy
+from s5_hf.train_loop import (
+    add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments, make_accelerator,
+    make_optimizer, make_scheduler, prepare_model, push_to_hub, run_training,
+)
+
+VALIDATION_SPLITS = {"vaihingen": "test", "potsdam": "test", "openearthmap": "val", "loveda": "val"}
+SELECTION_TASKS = ("vaihingen", "potsdam", "openearthmap")
+
+
+def name_values(pairs: list[str] | None, cast, option: str) -> dict:
+    """['a=1', 'b=2'] -> {'a': cast('1'), ...}; the error names the option and the bad item."""
+    out = {}
+    for item in pairs or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{option}: {item!r} must be NAME=VALUE.")
+        out[name.strip().lower()] = cast(value.strip())
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--train_datasets", nargs="+", required=True,
+                      help="NAME=LOCATION per dataset, in expert order (see s5_hf.data.streams).")
+    data.add_argument("--train_splits", nargs="*", default=[], help="NAME=SPLIT overrides (default: train).")
+    data.add_argument("--validation_splits", nargs="*", default=[],
+                      help="NAME=SPLIT overrides; NAME= skips its validation (default: ISPRS test, others val).")
+    data.add_argument("--reader_options", type=json.loads, default={},
+                      help='JSON {NAME: options} for benchmark readers, e.g. \'{"potsdam": {"patch_size": 512}}\'.')
+    data.add_argument("--batch_size", type=int, default=12, help="Images per dataset, process and step.")
+    data.add_argument("--ratio_range", type=float, nargs=2, default=(0.5, 2.0))
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--loss_weights", nargs="*", default=[], help="NAME=WEIGHT (default 1 each).")
+    loss.add_argument("--loss_start", nargs="*", default=["vaihingen=0.7"],
+                      help="NAME=FRACTION: the dataset's loss counts from that fraction of training on (official: "
+                           "Vaihingen from epoch 70 of 100). Pass --loss_start with no value to train all from step 0.")
+    loss.add_argument("--mixed_batch", action=argparse.BooleanOptionalAction, default=True,
+                      help="One forward for all datasets (default) or one per dataset.")
+    model = parser.add_argument_group("experts")
+    model.add_argument("--part_features", type=int, default=256, help="Channels of each expert (0: no experts).")
+    add_model_arguments(parser)
+    add_common_arguments(parser, learning_rate=5e-5, weight_decay=0.05, eval_steps=1000, max_train_steps=105_800)
+    args = parser.parse_args(argv)
+    args.sources = {s.name: s for s in (DataSource.parse(t) for t in args.train_datasets)}
+    if len(args.sources) != len(args.train_datasets):
+        raise ValueError(f"--train_datasets names a dataset twice: {args.train_datasets}.")
+    args.train_splits = {name: "train" for name in args.sources} | name_values(args.train_splits, str, "--train_splits")
+    validation = {name: VALIDATION_SPLITS.get(name, "val") for name in args.sources}
+    args.validation_splits = validation | name_values(args.validation_splits, str, "--validation_splits")
+    args.loss_weights = {name: 1.0 for name in args.sources} | name_values(args.loss_weights, float, "--loss_weights")
+    args.loss_start = name_values(args.loss_start, float, "--loss_start")
+    for option in ("train_splits", "validation_splits", "loss_weights", "loss_start", "reader_options"):
+        unknown = sorted(set(getattr(args, option)) - set(args.sources))
+        if unknown:
+            raise ValueError(f"--{option} names {unknown}, which are not among --train_datasets {list(args.sources)}.")
+    return args
+
+
+def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
+    tasks = list(args.sources)
+    if not args.model_name_or_path:
+        return S5ForSemanticSegmentation(config_from_arguments(args, tasks, part_features=args.part_features))
+    if args.config_overrides:
+        raise ValueError("--config_overrides builds a new model; it cannot be combined with --model_name_or_path.")
+    start = S5ForSemanticSegmentation.from_pretrained(args.model_name_or_path)
+    if start.config.task_names == tasks:  # an MDF model already: continue fine-tuning it
+        return start
+    if len(start.config.tasks) != 1:
+        raise ValueError(f"{args.model_name_or_path} has heads {start.config.task_names}: start from a single-task "
+                         f"(S4P) model, or from a multi-task model with exactly the heads {tasks}.")
+    fields = {k: v for k, v in start.config.to_dict().items() if k in S5Config.__dataclass_fields__}
+    config = S5Config(**{**fields, "tasks": tasks, "part_features": args.part_features, "default_task": None,
+                         "out_indices": start.config.out_indices})
+    return S5ForSemanticSegmentation.from_single_task(start, config, copy_decoder=True)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
+    torch.manual_seed(args.seed)
+    model = build_model(args)
+    config = model.config
+    for name, source in args.sources.items():
+        if name in LABEL_SETS:
+            check_task_classes(config, name, LABEL_SETS[name].num_classes, f"{name}={source.location}")
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    crop = args.crop_size
+    streams = {
+        name: TrainStream(
+            process_part(source.load(args.train_splits[name], **args.reader_options.get(name, {})), rank, world),
+            LabeledTransform(crop, tuple(args.ratio_range)), args.batch_size, seed=args.seed + index,
+            shuffle_buffer=args.shuffle_buffer, num_workers=args.num_workers, name=f"{name}={source.location}")
+        for index, (name, source) in enumerate(args.sources.items())
+    }
+    ignore = {t["name"]: t["ignore_index"] for t in config.tasks}
+
+    model = prepare_model(accelerator, model, args)
+    optimizer = make_optimizer(model, args)
+    scheduler = make_scheduler(optimizer, args)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    device = accelerator.device
+
+    def weight(name: str, step: int) -> float:
+        start = args.loss_start.get(name, 0.0) * args.max_train_steps
+        return args.loss_weights[name] if step >= start else 0.0
+
+    def compute_losses(step: int):
+        batches = {name: [t.to(device) for t in next(stream)] for name, stream in streams.items()}
+        if args.mixed_batch:
+            images = torch.cat([b[0] for b in batches.values()])
+            tasks = [name for name, b in batches.items() for _ in range(b[0].shape[0])]
+            out = model(images, task=tasks, labels=torch.cat([b[1] for b in batches.values()]))
+            per_task = out.task_losses
+        else:
+            per_task = {}
+            for name, (images, labels) in batches.items():
+                logits = model(images, task=name).logits
+                per_task[name] = masked_cross_entropy(logits, labels, ignore[name])
+        # A dataset whose weight is 0 still runs (its gradient is 0), so every process uses every parameter.
+        total = sum(weight(name, step) * value for name, value in per_task.items())
+        losses = {"loss": total, **{f"loss_{name}": value for name, value in per_task.items()}}
+        return losses, {f"weight_{name}": weight(name, step) for name in per_task}
+
+    validation = {name: source for name, source in args.sources.items() if args.validation_splits[name]}
+
+    def evaluate():
+        results = {}
+        for name, source in validation.items():
+            results |= evaluate_sources(model, {name: source}, args.validation_splits[name], crop_size=crop,
+                                        accelerator=accelerator, max_samples=args.max_eval_samples,
+                                        reader_options=args.reader_options)
+        return results
+
+    def selection(results) -> float:
+        chosen = [r for name, r in results.items() if name in SELECTION_TASKS] or list(results.values())
+        return sum(r.scores.mean_iou for r in chosen) / len(chosen) if chosen else 0.0
+
+    outcome = run_training(accelerator, model, optimizer, scheduler, args, streams=streams,
+                           compute_losses=compute_losses, evaluate=evaluate, selection=selection)
+    if args.push_to_hub:
+        outcome["commit_url"] = push_to_hub(accelerator, args, outcome, stage="mdf", run_summary=(
+            f"This model was trained by `training/finetune_mdf.py` for {args.max_train_steps} steps on "
+            f"{', '.join(args.sources)}; the results are its own validation."))
+    accelerator.end_training()
+    return outcome
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
