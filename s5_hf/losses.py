@@ -126,4 +126,68 @@ def fixmatch_unlabeled_loss(
     return loss, confident_ratio
 
 
-__all__ = ["cutmix_pseudo_labels", "fixmatch_unlabeled_loss", "masked_cross_entropy"]
+# ---------------------------------------------------------------------------------------------------------------
+# One training step's losses of each stage (shared by the training scripts and the benchmarks)
+
+
+def s4p_losses(
+    model: torch.nn.Module,
+    labeled: Sequence[torch.Tensor],
+    unlabeled: Sequence[torch.Tensor],
+    partner: Sequence[torch.Tensor],
+    ignore_index: int | None,
+    threshold: float = 0.95,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The S4P step's losses (spec section 2) from a labeled batch `(image, mask)` and two unlabeled batches in
+    `UnlabeledTransform` layout, `(weak, strong1, strong2, ignore_mask, box1, box2)`: u and its CutMix partner.
+
+    The model (in train mode) is switched to eval mode without gradients to pseudo-label both weak views, then
+    back. Returns `({"loss", "loss_x", "loss_u"}, {"confident_ratio"})`; optimise "loss" = (loss_x + loss_u) / 2.
+    """
+    from .augment import cutmix_images
+
+    img_x, mask_x = labeled
+    img_u_w, img_u_s, _, ignore_u, box, _ = unlabeled
+    img_m_w, img_m_s, _, ignore_m, _, _ = partner
+    with torch.no_grad():
+        model.eval()
+        probs = model(torch.cat([img_u_w, img_m_w])).logits.float().softmax(1)
+        model.train()
+    conf, pred = probs.max(1)
+    n = img_u_w.shape[0]
+    pseudo, conf, ignore = cutmix_pseudo_labels(pred[:n], conf[:n], ignore_u, pred[n:], conf[n:], ignore_m, box)
+    logits = model(torch.cat([img_x, cutmix_images(img_u_s, img_m_s, box)])).logits
+    loss_x = masked_cross_entropy(logits[: img_x.shape[0]], mask_x, ignore_index)
+    loss_u, ratio = fixmatch_unlabeled_loss(logits[img_x.shape[0]:], pseudo, conf, ignore, threshold)
+    return {"loss": (loss_x + loss_u) / 2, "loss_x": loss_x, "loss_u": loss_u}, {"confident_ratio": float(ratio)}
+
+
+def mdf_losses(
+    model: torch.nn.Module,
+    batches: dict[str, Sequence[torch.Tensor]],
+    ignore_index: dict[str, int | None],
+    weights: dict[str, float],
+    mixed_batch: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The MoE-MDF step's losses: `batches` maps each task to its `(images, labels)`; the total is the
+    `weights`-weighted sum of the per-task cross-entropies (each with its ignore index).
+
+    With `mixed_batch` all tasks run in one forward (the model routes rows to their experts and decoders);
+    otherwise one forward per task, as the official code. A task whose weight is 0 still runs (its gradient is 0),
+    so every process uses every parameter. Returns `({"loss", "loss_<task>"...}, {"weight_<task>"...})`.
+    """
+    if mixed_batch:
+        images = torch.cat([b[0] for b in batches.values()])
+        labels = torch.cat([b[1] for b in batches.values()])
+        tasks = [name for name, b in batches.items() for _ in range(b[0].shape[0])]
+        # The model computes each task's loss on its own rows and classes (mixed rows are padded to the widest).
+        losses = dict(model(images, task=tasks, labels=labels).task_losses)
+    else:
+        losses = {name: masked_cross_entropy(model(images, task=name).logits, labels, ignore_index[name])
+                  for name, (images, labels) in batches.items()}
+    total = sum(weights[name] * value for name, value in losses.items())
+    return {"loss": total, **{f"loss_{name}": value for name, value in losses.items()}}, {
+        f"weight_{name}": weights[name] for name in batches}
+
+
+__all__ = ["cutmix_pseudo_labels", "fixmatch_unlabeled_loss", "masked_cross_entropy", "mdf_losses", "s4p_losses"]

@@ -179,7 +179,9 @@ def test_two_processes_match_one(data, tmp_path):
     sources = {name: DataSource.parse(f"{name}={data / name}") for name in ("vaihingen", "potsdam")}
     single = evaluate_sources(model, sources, "test", crop_size=64, reader_options=ISPRS_64)
     for task in sources:
-        assert two_results[task]["mIoU"] == pytest.approx(single[task].scores.mean_iou, abs=1e-12)
+        # (abs 1e-4: logits differ in the last bits with the thread count, which can flip a rare pixel; rank 1
+        # scoring with its own BatchNorm statistics instead of rank 0's moved mIoU by 1.6e-3 here.)
+        assert two_results[task]["mIoU"] == pytest.approx(single[task].scores.mean_iou, abs=1e-4)
         # Training on 2 processes (batch 2 each) reaches what 1 process (batch 4) reaches.
         assert two_results[task]["mIoU"] == pytest.approx(one["results"][task].scores.mean_iou, abs=0.12)
 
@@ -216,7 +218,9 @@ def test_a_head_with_another_class_count_is_refused(data, tmp_path):
 
 
 def test_nan_loss_stops_and_leaves_only_good_checkpoints(data, tmp_path, monkeypatch):
-    real = pretrain.masked_cross_entropy
+    import s5_hf.losses
+
+    real = s5_hf.losses.masked_cross_entropy
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -224,7 +228,7 @@ def test_nan_loss_stops_and_leaves_only_good_checkpoints(data, tmp_path, monkeyp
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(pretrain, "masked_cross_entropy", poisoned)
+    monkeypatch.setattr(s5_hf.losses, "masked_cross_entropy", poisoned)
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match="Step 3: non-finite loss"):
         pretrain.main(s4p_args(data, out, "--max_train_steps", "5", "--checkpointing_steps", "1", "--eval_steps", "0",

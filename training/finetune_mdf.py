@@ -31,7 +31,7 @@ from s5_hf.augment import LabeledTransform
 from s5_hf.data.streams import DataSource, TrainStream, process_part
 from s5_hf.evaluation import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
-from s5_hf.losses import masked_cross_entropy
+from s5_hf.losses import mdf_losses
 from s5_hf.train_loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments, make_accelerator,
     make_optimizer, make_scheduler, prepare_model, push_to_hub, run_training,
@@ -143,20 +143,8 @@ def main(argv=None) -> dict:
 
     def compute_losses(step: int):
         batches = {name: [t.to(device) for t in next(stream)] for name, stream in streams.items()}
-        if args.mixed_batch:
-            images = torch.cat([b[0] for b in batches.values()])
-            tasks = [name for name, b in batches.items() for _ in range(b[0].shape[0])]
-            out = model(images, task=tasks, labels=torch.cat([b[1] for b in batches.values()]))
-            per_task = out.task_losses
-        else:
-            per_task = {}
-            for name, (images, labels) in batches.items():
-                logits = model(images, task=name).logits
-                per_task[name] = masked_cross_entropy(logits, labels, ignore[name])
-        # A dataset whose weight is 0 still runs (its gradient is 0), so every process uses every parameter.
-        total = sum(weight(name, step) * value for name, value in per_task.items())
-        losses = {"loss": total, **{f"loss_{name}": value for name, value in per_task.items()}}
-        return losses, {f"weight_{name}": weight(name, step) for name in per_task}
+        weights = {name: weight(name, step) for name in batches}
+        return mdf_losses(model, batches, ignore, weights, mixed_batch=args.mixed_batch)
 
     validation = {name: source for name, source in args.sources.items() if args.validation_splits[name]}
 

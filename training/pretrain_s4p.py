@@ -23,11 +23,11 @@ import sys
 import torch
 
 from s5_hf import S5ForSemanticSegmentation
-from s5_hf.augment import LabeledTransform, UnlabeledTransform, cutmix_images
+from s5_hf.augment import LabeledTransform, UnlabeledTransform
 from s5_hf.data.streams import DataSource, TrainStream, process_part
 from s5_hf.evaluation import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
-from s5_hf.losses import cutmix_pseudo_labels, fixmatch_unlabeled_loss, masked_cross_entropy
+from s5_hf.losses import s4p_losses
 from s5_hf.train_loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments,
     make_accelerator, make_optimizer, make_scheduler, prepare_model, push_to_hub, run_training,
@@ -101,21 +101,8 @@ def main(argv=None) -> dict:
     device = accelerator.device
 
     def compute_losses(step: int):
-        img_x, mask_x = (t.to(device) for t in next(streams["labeled"]))
-        img_u_w, img_u_s, _, ignore_u, box, _ = (t.to(device) for t in next(streams["unlabeled"]))
-        img_m_w, img_m_s, _, ignore_m, _, _ = (t.to(device) for t in next(streams["unlabeled_mix"]))
-        with torch.no_grad():
-            model.eval()
-            probs = model(torch.cat([img_u_w, img_m_w])).logits.float().softmax(1)
-            model.train()
-        conf, pred = probs.max(1)
-        n = img_u_w.shape[0]
-        pseudo, conf, ignore = cutmix_pseudo_labels(pred[:n], conf[:n], ignore_u, pred[n:], conf[n:], ignore_m, box)
-        img_u_s = cutmix_images(img_u_s, img_m_s, box)
-        logits = model(torch.cat([img_x, img_u_s])).logits
-        loss_x = masked_cross_entropy(logits[: img_x.shape[0]], mask_x, task["ignore_index"])
-        loss_u, ratio = fixmatch_unlabeled_loss(logits[img_x.shape[0]:], pseudo, conf, ignore, args.conf_thresh)
-        return {"loss": (loss_x + loss_u) / 2, "loss_x": loss_x, "loss_u": loss_u}, {"confident_ratio": float(ratio)}
+        batches = [[t.to(device) for t in next(streams[name])] for name in ("labeled", "unlabeled", "unlabeled_mix")]
+        return s4p_losses(model, *batches, ignore_index=task["ignore_index"], threshold=args.conf_thresh)
 
     validation = {task["name"]: labeled} if args.validation_split else {}
 

@@ -11,6 +11,10 @@ an interruption and only the unscored chunks are scored.
     # several processes (GPUs; on CPU add ACCELERATE_USE_CPU=true)
     torchrun --nproc_per_node 2 training/select_rs4p.py ...   # or: accelerate launch --multi_gpu --num_processes 2
 
+On CPU, torchrun sets OMP_NUM_THREADS=1 unless it is set: scores are then equal to a single-process run with
+1 thread, and differ in the last bits from one with another thread count (the merge warns, the card records
+the environments). Set OMP_NUM_THREADS explicitly for bit-identical reruns.
+
 Pool inputs: image folders with one subfolder per source, SOURCE=FOLDER, Parquet files or folders of them
 (`image` and `source` columns), datasets saved with save_to_disk, or Hub dataset ids.
 """
