@@ -354,3 +354,33 @@ def test_dataset_parquet_shards_load_and_stream(hub, tmp_path):
     # Streaming reads the shards over HTTP range requests instead of downloading them.
     assert hub.count("GET", "/resolve/") and all(r.status == 206 for r in hub.requests if r.range)
     assert any(r.range for r in hub.requests)
+
+
+def test_benchmark_shards_pushed_load_as_s5_dataset_streaming(hub, tmp_path):
+    """`to_parquet_shards` output, uploaded as ``s5/<name>``: `load_dataset(..., streaming=True)` gives the
+    reader's rows pixel for pixel (Image features from the card), and the shards split over ranks."""
+    import datasets
+    import numpy as np
+    from datasets.distributed import split_dataset_by_node
+
+    from s5_hf.data import load_benchmark, to_parquet_shards
+    from s5_hf.data.synthetic import make_fake_loveda
+
+    root = make_fake_loveda(tmp_path / "loveda", num_images=2, size=32, seed=4)
+    rows = list(load_benchmark("loveda", root, "train", streaming=True))
+    to_parquet_shards(load_benchmark("loveda", root, "train", streaming=True), tmp_path / "out", min_shards=2)
+    HfApi().create_repo("s5/loveda", repo_type="dataset")
+    upload_folder(repo_id="s5/loveda", repo_type="dataset", folder_path=tmp_path / "out")
+
+    streamed = datasets.load_dataset("s5/loveda", split="train", streaming=True)
+    assert all(isinstance(streamed.features[column], datasets.Image) for column in ("image", "mask"))
+    got = list(streamed)
+    assert [r["id"] for r in got] == [r["id"] for r in rows]
+    for a, b in zip(got, rows, strict=True):
+        assert a["source"] == "loveda" and a["mask"].mode == "L"
+        np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        np.testing.assert_array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+    parts = [split_dataset_by_node(datasets.load_dataset("s5/loveda", split="train", streaming=True), rank, 2)
+             for rank in range(2)]
+    assert all(part.num_shards == 1 for part in parts)  # one whole shard per rank
+    assert sorted(r["id"] for part in parts for r in part) == sorted(r["id"] for r in rows)

@@ -7,8 +7,11 @@ import io
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -39,6 +42,41 @@ from s5_hf.rs4p import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Runs a selection and SIGKILLs itself (no cleanup, no finally blocks) at a given point: in the middle of
+# writing the (N+1)-th score shard, leaving half of it under its temporary name, or after N rows of the
+# output dataset.
+KILLER = r"""
+import json, os, signal, sys
+import s5_hf.data.shards as shards
+import s5_hf.rs4p.scoring as scoring
+from s5_hf.rs4p import SelectionArguments, run_selection
+
+stage, after, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+calls = [0]
+
+def die_after(owner, name, before_death=None):
+    original = getattr(owner, name)
+    def wrapper(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] > after:
+            if before_death is not None:
+                before_death(self, *args)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+    setattr(owner, name, wrapper)
+
+def half_a_shard(store, index, table):
+    store.directory.mkdir(parents=True, exist_ok=True)
+    final = store.path(index)
+    final.with_name(f".{final.name}.tmp-{os.getpid()}").write_bytes(b"PAR1" + bytes(64))
+
+if stage == "scoring":
+    die_after(scoring.ScoreStore, "write", half_a_shard)
+else:
+    die_after(shards._RollingWriter, "add")
+run_selection(SelectionArguments(**arguments))
+sys.exit("the run was not killed")
+"""
 SCRIPT = REPO / "training" / "select_rs4p.py"
 SOURCES = ("millionaid", "samrs", "star")
 IMAGE_SIZE = 64
@@ -415,6 +453,95 @@ def test_killed_run_resumes_to_the_same_output(workspace, reference_run, tmp_pat
     # a third run re-scores nothing and writes the same dataset again
     third = run_selection(arguments(workspace, output_dir))
     assert third.chunks_scored == 0 and read_output(output_dir) == read_output(reference_run[0])
+
+
+def test_sigkilled_runs_resume_to_the_same_output(workspace, reference_run, tmp_path):
+    """Real kills (SIGKILL, no clean-up): one while a score shard is half written, the resumed run while the
+    output dataset is half written; the next run scores nothing again and writes the reference output."""
+    output_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+    args = json.dumps(asdict(arguments(workspace, output_dir)))
+    pool_scores = output_dir / "scores" / "pool"
+
+    def run_until_killed(stage: str, after: int) -> None:
+        result = subprocess.run([sys.executable, "-c", KILLER, stage, str(after), args], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+
+    run_until_killed("scoring", 4)  # 2 labeled + 2 pool shards written, the 5th half written
+    assert len(list(pool_scores.glob("chunk-*.parquet"))) == 2 and len(list(pool_scores.glob(".chunk-*.tmp-*"))) == 1
+    run_until_killed("export", 30)  # resumes, scores the other 6 chunks, dies half-way through the dataset
+    assert json.loads((output_dir / "run_stats.json").read_text())["chunks_reused"] == 4
+    assert (output_dir / ".dataset.partial").is_dir() and not (output_dir / "dataset").exists()
+    outcome = run_selection(arguments(workspace, output_dir))
+    assert outcome.complete and outcome.chunks_scored == 0 and outcome.chunks_reused == 10
+    assert read_output(output_dir) == read_output(reference_run[0])
+    assert not (output_dir / ".dataset.partial").exists() and not list(output_dir.rglob("*.tmp*"))
+    for name in ("failures.jsonl", "README.md", "selection_stats.json"):
+        assert (output_dir / "dataset" / name).read_text() == (reference_run[0] / "dataset" / name).read_text()
+
+
+def test_mixed_thread_counts_are_recorded_and_keep_the_selection(workspace, reference_run, tmp_path, caplog):
+    """Shards scored with 1 and with 2 intra-op threads differ in the last bits: the run warns, the card
+    records both environments, and the selected ids stay those of the reference run."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("needs 2 intra-op threads")
+    output_dir = tmp_path / "mixed"
+    torch.set_num_threads(1)
+    try:
+        run_selection(arguments(workspace, output_dir, max_chunks=5))
+    finally:
+        torch.set_num_threads(threads)
+    with caplog.at_level("WARNING"):
+        outcome = run_selection(arguments(workspace, output_dir))
+    assert "2 different numeric environments" in caplog.text
+    recorded = outcome.stats.parameters["scoring_environment"]
+    assert "intra-op threads: 1, float32 (5 shards)" in recorded
+    assert f"intra-op threads: {threads}, float32 (5 shards)" in recorded
+    selection, reference = read_output(output_dir)[0], read_output(reference_run[0])[0]
+    assert [r["id"] for r in selection] == [r["id"] for r in reference]
+    assert [r["entropy"] for r in selection] == pytest.approx([r["entropy"] for r in reference], rel=1e-6)
+
+
+def test_bad_pool_inputs_are_clear_errors(workspace, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"(?s)Pool input 0.*missing does not exist.*Expected an image folder"):
+        open_pool([str(tmp_path / "missing")])
+    with pytest.raises(FileNotFoundError, match="elsewhere does not exist"):
+        open_pool([f"star={tmp_path / 'elsewhere'}"])
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match="neither an existing local file or folder nor.*ConnectionError: no network"):
+        open_pool(["someone/unknown-pool"])
+    (tmp_path / "empty" / "millionaid").mkdir(parents=True)
+    (tmp_path / "empty" / "millionaid" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"The pool holds no images .*empty.*PATH/<source>"):
+        run_selection(arguments(workspace, tmp_path / "run", pool=[str(tmp_path / "empty")]))
+
+
+def test_push_to_hub_then_load_dataset_streaming(workspace, reference_run, tmp_path):
+    """--push_to_hub uploads the dataset folder; `load_dataset("s5/...", streaming=True)` then reads it."""
+    from huggingface_hub import HfApi
+
+    from s5_hf.testing import LocalHub
+
+    output_dir = tmp_path / "pushed"
+    shutil.copytree(reference_run[0] / "scores", output_dir / "scores")  # merge and export only
+    shutil.copy(reference_run[0] / "run_config.json", output_dir / "run_config.json")
+    with LocalHub(tmp_path / "hub") as hub, hub.patched(tmp_path / "hf_home"):
+        outcome = run_selection(arguments(workspace, output_dir, push_to_hub=True, hub_model_id="s5/rs4p-tiny"))
+        assert outcome.chunks_scored == 0
+        streamed = datasets.load_dataset("s5/rs4p-tiny", split="train", streaming=True)
+        rows = list(streamed)
+        files = set(HfApi().list_repo_files("s5/rs4p-tiny", repo_type="dataset"))
+        assert hub.blocked == []
+    _, expected = read_output(reference_run[0])
+    assert [r["id"] for r in rows] == [r["id"] for r in expected]
+    assert rows[0]["mask"].mode == "L" and rows[0]["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert {"README.md", "entropy_histogram.png", "failures.jsonl", "selection_stats.json"} <= files
 
 
 def test_parquet_pool_selects_like_the_folder_pool(workspace, reference_run, tmp_path):

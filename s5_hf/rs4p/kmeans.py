@@ -47,7 +47,10 @@ def l2_normalize(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 def _as_tensor(features: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(features, np.ndarray):
-        features = torch.from_numpy(np.ascontiguousarray(features))
+        features = np.ascontiguousarray(features)
+        if not features.flags.writeable:  # e.g. a zero-copy view of Arrow memory; torch wants writable arrays
+            features = features.copy()
+        features = torch.from_numpy(features)
     if features.ndim != 2:
         raise ValueError(f"features must be a (num_vectors, dim) array, got shape {tuple(features.shape)}.")
     return features

@@ -11,8 +11,11 @@ Stages (`run_selection`):
    selected images with their pseudo-labels, the card, the histogram and `failures.jsonl` (`export.py`,
    `report.py`), and optionally uploads the dataset folder to the Hub.
 
-The selection depends only on the score shards, which depend only on the chunk contents, the model and the
-scoring settings: the same inputs give the same selection with any number of processes.
+The selection depends only on the score shards, which depend only on the chunk contents, the model, the
+scoring settings and the numeric environment (torch version, device, dtype, intra-op threads; recorded per
+shard, and the merge warns when shards differ): the same inputs give the same selection with any number of
+processes when every process uses the same thread count (e.g. OMP_NUM_THREADS=2 under torchrun, which
+otherwise sets 1). Across environments scores differ in the last bits; ids rarely move.
 
 Output folder:
     run_config.json, run_stats.json     settings the scores were made with; what the last run did
@@ -28,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -45,7 +49,7 @@ from ..data.shards import DatasetCardInfo
 from ..label_sets import LABEL_SETS
 from .export import class_share, write_dataset, write_failures
 from .kmeans import assign_to_prototypes, spherical_kmeans
-from .pool import Chunk, ImagePool, open_pool
+from .pool import IMAGE_EXTENSIONS, Chunk, ImagePool, open_pool
 from .report import (
     FAILURES_FILE,
     HISTOGRAM_FILE,
@@ -55,7 +59,7 @@ from .report import (
     entropy_summary,
     write_entropy_histogram,
 )
-from .scoring import ChunkScorer, ScoreStore, ScoringOptions
+from .scoring import ChunkScorer, ScoreStore, ScoringOptions, environment_of
 from .selection import select_by_quota
 
 logger = get_logger(__name__)
@@ -237,6 +241,13 @@ def run_selection(args: SelectionArguments, model: torch.nn.Module | None = None
     identity = _model_identity(model)
     pool = open_pool(args.pool, split=args.pool_split)
     labeled = open_pool([args.labeled], split=args.labeled_split, default_source="labeled")
+    for name, images, given in (("pool", pool, args.pool), ("labeled set", labeled, [args.labeled])):
+        if len(images) == 0:
+            raise ValueError(
+                f"The {name} holds no images ({', '.join(map(str, given))}). Image folders need "
+                f"PATH/<source>/**/<image> with one of the extensions {sorted(IMAGE_EXTENSIONS)}; Parquet and "
+                "datasets need rows with an 'image' column."
+            )
     chunks = {"pool": pool.chunks(args.chunk_size), "labeled": labeled.chunks(args.chunk_size)}
     stores = {kind: ScoreStore(out / "scores" / kind) for kind in chunks}
     config = _run_config(args, pool, labeled, identity)
@@ -323,11 +334,13 @@ class _PoolScores:
     ok: np.ndarray
     entropy: np.ndarray
     confidence: np.ndarray
-    features: np.ndarray  # float16 (N, D); zeros for failed images
+    features: np.ndarray | None  # float16 (N, D), zeros for failed images; None when assigned while reading
+    clusters: np.ndarray | None  # int64 (N,) nearest prototype (0 for failed images), when assigned while reading
     class_counts: np.ndarray
     chunk: np.ndarray
     row: np.ndarray
     errors: list[tuple[int, str]]  # (position, reason)
+    environments: Counter  # scoring environment (see scoring_environment) -> shards made under it
 
 
 def _valid_rows(column: pa.FixedSizeListArray, valid: np.ndarray) -> np.ndarray:
@@ -339,19 +352,33 @@ def _valid_rows(column: pa.FixedSizeListArray, valid: np.ndarray) -> np.ndarray:
     return values.reshape(-1, width)
 
 
-def _read_scores(store: ScoreStore, chunks: list[Chunk], feature_dim: int, with_scores: bool) -> _PoolScores:
-    """Concatenate the score shards' small columns; features go straight into one preallocated float16 array."""
+def _read_scores(store: ScoreStore, chunks: list[Chunk], feature_dim: int, with_scores: bool,
+                 centroids: torch.Tensor | None = None) -> _PoolScores:
+    """Concatenate the score shards' small columns.
+
+    Without `centroids` the features go into one preallocated `(N, D)` float16 array (the labeled set, for
+    K-Means). With `centroids` each shard's features are assigned to their nearest prototype as the shard is
+    read and then dropped, so the merge holds O(N) scalars, never the `(N, D)` features of the whole pool.
+    """
     total = sum(c.size for c in chunks)
-    features = np.zeros((total, feature_dim), dtype=np.float16)
+    features = None if centroids is not None else np.zeros((total, feature_dim), dtype=np.float16)
+    clusters = np.zeros(total, dtype=np.int64) if centroids is not None else None
     ids, sources, errors, entropy, confidence, counts, chunk_of, row_of = [], [], [], [], [], [], [], []
+    environments: Counter = Counter()
     position = 0
     columns = ["id", "source", "error", "feature"] + (["entropy", "confidence", "class_counts"] if with_scores else [])
     for chunk in tqdm(chunks, desc="reading scores", unit="chunk", leave=False):
         table = pq.read_table(store.path(chunk.index), columns=columns)
+        environments[environment_of(table.schema)] += 1
         n = table.num_rows
         feature = table.column("feature").combine_chunks()
         valid = np.asarray(feature.is_valid())
-        features[position + np.flatnonzero(valid)] = _valid_rows(feature, valid)
+        if valid.any():
+            block = _valid_rows(feature, valid)
+            if clusters is not None:
+                clusters[position + np.flatnonzero(valid)] = assign_to_prototypes(block, centroids)[0]
+            else:
+                features[position + np.flatnonzero(valid)] = block
         ids += table.column("id").to_pylist()
         sources += table.column("source").to_pylist()
         for offset, error in enumerate(table.column("error").to_pylist()):
@@ -374,8 +401,10 @@ def _read_scores(store: ScoreStore, chunks: list[Chunk], feature_dim: int, with_
         ids=np.asarray(ids, dtype=object), sources=np.asarray(sources, dtype=object), ok=ok,
         entropy=np.concatenate(entropy).astype(np.float64) if entropy else np.full(total, np.nan),
         confidence=np.concatenate(confidence).astype(np.float64) if confidence else np.full(total, np.nan),
-        features=features, class_counts=np.concatenate(counts) if counts else np.zeros((total, 0), np.int64),
-        chunk=np.concatenate(chunk_of), row=np.concatenate(row_of), errors=errors,
+        features=features, clusters=clusters,
+        class_counts=np.concatenate(counts) if counts else np.zeros((total, 0), np.int64),
+        chunk=np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int32),
+        row=np.concatenate(row_of) if row_of else np.zeros(0, np.int32), errors=errors, environments=environments,
     )
 
 
@@ -396,10 +425,17 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
     logger.info(f"K-Means of {len(labeled_features)} labeled features into {args.num_clusters} clusters.")
     kmeans = spherical_kmeans(labeled_features, args.num_clusters, seed=args.seed, max_iter=args.kmeans_max_iter)
 
-    scores = _read_scores(stores["pool"], chunks["pool"], feature_dim, with_scores=True)
+    scores = _read_scores(stores["pool"], chunks["pool"], feature_dim, with_scores=True, centroids=kmeans.centroids)
     candidates = np.flatnonzero(scores.ok)
-    clusters, _ = assign_to_prototypes(scores.features, kmeans.centroids)
-    scores.features = None  # the largest array; not needed past the assignment
+    clusters = scores.clusters
+    environments = labeled_scores.environments + scores.environments
+    if len(environments) > 1:
+        logger.warning(
+            f"The score shards were made under {len(environments)} different numeric environments "
+            f"({'; '.join(f'{n} shards: {env}' for env, n in environments.most_common())}). Scores, and so the "
+            "ranking, are bit-for-bit reproducible only with the same torch version, device, dtype and intra-op "
+            "thread count (torchrun sets OMP_NUM_THREADS=1 unless told otherwise)."
+        )
     logger.info(f"Ranking {len(candidates)} candidates ({len(scores.errors)} pool images failed).")
     result = select_by_quota(
         scores.entropy[candidates], scores.ids[candidates], clusters[candidates], kmeans.counts.numpy(),
@@ -430,7 +466,7 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
     ]
     write_failures(failures, staging / FAILURES_FILE)
 
-    stats = _statistics(args, task, scores, candidates, picked, clusters, result, kmeans)
+    stats = _statistics(args, task, scores, candidates, picked, clusters, result, kmeans, environments)
     write_entropy_histogram(scores.entropy[candidates], scores.entropy[picked], staging / HISTOGRAM_FILE)
     (staging / "selection_stats.json").write_text(stats.to_json())
     label_set = task["name"] if task["name"] in LABEL_SETS else None
@@ -455,7 +491,8 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
     return final, stats
 
 
-def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, result, kmeans) -> SelectionStats:
+def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, result, kmeans,
+                environments: Counter) -> SelectionStats:
     per_source: dict[str, dict[str, int]] = {}
     for name, key in ((scores.sources[candidates], "scored"), (scores.sources[~scores.ok], "failed"),
                       (scores.sources[picked], "selected")):
@@ -473,6 +510,10 @@ def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, r
         "task": task["name"], "model": args.model, "seed": args.seed, "labeled": str(args.labeled),
         "pool": [str(p) for p in args.pool], "feature": "mean of last-block patch tokens, L2-normalised",
         "ranking": "ascending foreground entropy, ties by id",
+        "quota_rounding": "largest remainder (quotas sum to target_size)", "kmeans_max_iter": args.kmeans_max_iter,
+        "chunk_size": args.chunk_size, "dtype": args.dtype,
+        "scoring_environment": "; ".join(f"{env} ({n} shards)" if len(environments) > 1 else env
+                                         for env, n in environments.most_common()),
     }
     return SelectionStats(
         parameters=parameters,

@@ -380,6 +380,16 @@ def _parts_from_path(path: Path, source: str | None, split: str, default_source:
     return [FolderPart(path, source)]
 
 
+def _looks_like_path(location: str) -> bool:
+    """Whether a missing pool input is a mistyped local path rather than a Hub id (``name`` or ``owner/name``)."""
+    return (
+        os.path.isabs(location)
+        or location.startswith(("./", "../", "~", ".\\"))
+        or location.replace("\\", "/").count("/") > 1
+        or Path(location).suffix.lower() in IMAGE_EXTENSIONS | {".parquet", ".arrow"}
+    )
+
+
 def open_pool(specs: Sequence, split: str = "train", default_source: str | None = None) -> ImagePool:
     """Build a pool from specifications (see the module docstring) or `datasets.Dataset` objects.
 
@@ -401,11 +411,24 @@ def open_pool(specs: Sequence, split: str = "train", default_source: str | None 
         path = Path(location)
         if path.exists():
             parts.extend(_parts_from_path(path, source, split, default_source))
+        elif _looks_like_path(location):
+            raise FileNotFoundError(
+                f"Pool input {number} ({spec!r}): {path} does not exist. Expected an image folder "
+                "(PATH/<source>/<images>), SOURCE=FOLDER, a .parquet file or folder of them, a saved dataset, or a "
+                "Hub dataset id (owner/name)."
+            )
         else:
             import datasets
 
             logger.info("%s is not a local path: loading it with datasets.load_dataset(split=%r).", location, split)
-            dataset = datasets.load_dataset(location, split=split)
+            try:
+                dataset = datasets.load_dataset(location, split=split)
+            except Exception as error:  # noqa: BLE001 - datasets raises many types; keep the cause
+                raise ValueError(
+                    f"Pool input {number} ({spec!r}) is neither an existing local file or folder nor a dataset "
+                    f"that datasets.load_dataset({location!r}, split={split!r}) can load: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
             parts.append(DatasetPart(dataset, name=location, source=source, default_source=default_source))
     return ImagePool(parts, spec=(specs, split, default_source))
 

@@ -2,7 +2,10 @@
 
 Every image of a chunk gets one row in the chunk's score shard, in chunk order: scores for the images the
 model saw, or the reason it could not (`error`), so nothing is dropped silently. Batches never span chunks,
-which makes a chunk's scores independent of which process scored it and of earlier interrupted runs.
+which makes a chunk's scores independent of which process scored it and of earlier interrupted runs, as
+long as the numeric environment is the same: CPU kernels split work by intra-op thread, so a chunk scored
+with 1 thread (torchrun's default OMP_NUM_THREADS) and with 2 differs in the last bits of the logits. Each
+shard records its environment (`scoring_environment`) and the merge warns when they differ.
 
 Image handling (documented choice; the paper's pool is 512x512 patches): images are decoded with Pillow,
 converted to 8-bit RGB, and resized bilinearly to `image_size` x `image_size` if they are not already that
@@ -91,6 +94,26 @@ def encode_mask(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+ENVIRONMENT_KEY = b"s5_scoring_environment"
+
+
+def scoring_environment(device: torch.device, dtype: torch.dtype) -> str:
+    """What the bits of the scores depend on besides the model and the images: torch version, device, dtype
+    and intra-op threads (CPU kernels split reductions by thread, so 1 and 2 threads differ in the last bits)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        where = f"{device.type}, intra-op threads: {torch.get_num_threads()}"
+    return f"torch {torch.__version__}, {where}, {str(dtype).removeprefix('torch.')}"
+
+
+def environment_of(schema: pa.Schema) -> str:
+    """The scoring environment recorded in a score shard's schema (see `scoring_environment`)."""
+    value = (schema.metadata or {}).get(ENVIRONMENT_KEY)
+    return value.decode() if value else "unknown (shard written without an environment record)"
 
 
 def score_schema(num_classes: int, feature_dim: int) -> pa.Schema:
@@ -221,7 +244,8 @@ class ChunkScorer:
             "pseudo_label": column("pseudo_label", pa.binary(), has_scores),
             "digest": column("digest", pa.string()),
         }
-        return pa.table(columns, schema=self.schema)
+        table = pa.table(columns, schema=self.schema)
+        return table.replace_schema_metadata({ENVIRONMENT_KEY: scoring_environment(self.device, self.dtype).encode()})
 
 
 class ScoreStore:
@@ -265,5 +289,5 @@ class ScoreStore:
         return True
 
 
-__all__ = ["ChunkScorer", "ScoreStore", "ScoringOptions", "decode_image", "encode_mask",
-           "image_digest", "score_schema", "to_pixel_values"]
+__all__ = ["ChunkScorer", "ScoreStore", "ScoringOptions", "decode_image", "encode_mask", "environment_of",
+           "image_digest", "score_schema", "scoring_environment", "to_pixel_values"]
