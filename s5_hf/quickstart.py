@@ -1,72 +1,186 @@
-"""The README's main job: the S5 model family end to end on the bundled sample scene.
+"""The README's main job: the whole S5 pipeline at toy scale, on bundled and synthetic data, in a few minutes.
 
     python -m s5_hf.quickstart --output-dir outputs/quickstart
 
-Builds a tiny four-dataset MoE-MDF model, predicts the bundled NEON aerial scene with every dataset head, saves
-the model (safetensors + code), reloads it through the transformers Auto classes, checks the reloaded model
-predicts the same masks, and writes the masks as PNG.
+1. Data: synthetic look-alikes of iSAID, Vaihingen, Potsdam, OpenEarthMap and LoveDA in their owners' layouts, and
+   an unlabeled pool of 64 px patches cut from the bundled NEON aerial scenes plus synthetic iSAID-like and noise
+   images.
+2. Scoring model: a tiny S5 segmentation model trained (supervised) on the fake iSAID.
+3. RS4P selection (`training/select_rs4p.py`): score the pool, rank by foreground entropy, fill cluster quotas,
+   write the selection with pseudo-labels as Parquet shards with a card.
+4. S4P (`training/pretrain_s4p.py`): semi-supervised pretraining on the fake iSAID + the selection. At toy scale it
+   starts from the scoring model (the paper starts from MAE weights, which cannot be downloaded here).
+5. MoE-MDF (`training/finetune_mdf.py`): experts and decoders for the four datasets, initialised from S4P.
+6. Evaluation table (each dataset's protocol), reload through the transformers Auto classes, and segmentation of
+   the bundled scene with every dataset head (PNG masks and colour overlays with legends).
+
+Everything is written under the output folder; `summary.json` lists the files. The tiny configuration learns the
+synthetic tasks only roughly: the numbers show the pipeline works end to end, not the paper's accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-from . import S5Config, S5ForSemanticSegmentation, S5ImageProcessor, sample_data
-from .label_sets import MDF_TASKS, get_label_set
+from . import sample_data
+from .data import synthetic
+from .inference import segment_scene
+from .label_sets import MDF_TASKS
+from .visualize import colorize, legend, overlay, task_palette, with_legend
 
-TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=256, out_indices=[1, 2, 3, 4],
-            decoder_hidden_size=32, part_features=16)
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 64,
+        "out_indices": [1, 2, 3, 4], "decoder_hidden_size": 32, "drop_path_rate": 0.0}
+CROP = 64
+# ISPRS readers cut 512 px patches by default; the synthetic tiles are 64-80 px.
+READER_OPTIONS = {"vaihingen": {"patch_size": 64, "stride": 64}, "potsdam": {"patch_size": 64, "stride": 64},
+                  "isaid": {"patch_size": 64, "stride": 64}}
 
 
-def colourise(mask: np.ndarray, task: str) -> Image.Image:
-    palette = np.array(get_label_set(task).palette, dtype=np.uint8)
-    return Image.fromarray(palette[mask])
+def training_script(name: str):
+    """A program of `training/` (they live beside the package in a source checkout, like HF's examples)."""
+    path = REPO / "training" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the quickstart runs from a source checkout of s5-hf.")
+    spec = importlib.util.spec_from_file_location(f"s5_training_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def predict(model, processor, image: Image.Image, task: str) -> np.ndarray:
-    inputs = processor(image, return_tensors="pt")
-    with torch.no_grad():
-        outputs = model(**inputs, task=task)
-    return processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0].numpy()
+def make_data(root: Path, seed: int) -> dict[str, Path]:
+    paths = {
+        "isaid": synthetic.make_fake_isaid(root / "isaid", num_images=(6, 2), size=96, seed=seed),
+        "vaihingen": synthetic.make_fake_vaihingen(root / "vaihingen", seed=seed),
+        "potsdam": synthetic.make_fake_potsdam(root / "potsdam", seed=seed),
+        "openearthmap": synthetic.make_fake_openearthmap(root / "openearthmap", seed=seed),
+        "loveda": synthetic.make_fake_loveda(root / "loveda", num_images=3, seed=seed),
+    }
+    pool = synthetic.make_fake_unlabeled_pool(root / "pool", num_images=48, size=CROP, seed=seed)
+    # Real imagery in the pool: the bundled NEON scenes (10 cm RGB) cut into patches, as RS4P cuts large images.
+    neon = pool / "neon"
+    neon.mkdir(parents=True, exist_ok=True)
+    for scene in sample_data.sample_files():
+        with Image.open(scene) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        for top in range(0, rgb.shape[0] - CROP + 1, 2 * CROP):
+            for left in range(0, rgb.shape[1] - CROP + 1, 2 * CROP):
+                Image.fromarray(rgb[top : top + CROP, left : left + CROP]).save(
+                    neon / f"{scene.stem}_{top:04d}_{left:04d}.png")
+    paths["pool"] = pool
+    return paths
+
+
+def labeled_parquet(isaid: Path, out: Path) -> Path:
+    """The fake iSAID training patches as Parquet shards: the labeled set whose clusters set RS4P's quotas."""
+    from .data import load_benchmark, to_parquet_shards
+
+    rows = load_benchmark("isaid", isaid, "train", **READER_OPTIONS["isaid"])
+    to_parquet_shards(rows, out, shard_size_mb=8, overwrite=True)
+    return out / "data"
+
+
+def stage_args(*extra: str, new_model: bool = False) -> list[str]:
+    """Arguments every stage shares; `new_model` builds the tiny configuration instead of loading one."""
+    config = ["--config_overrides", json.dumps(TINY)] if new_model else []
+    return [*config, "--crop_size", str(CROP), "--logging_steps", "10", *extra]
+
+
+def evaluation_table(results: dict) -> str:
+    rows = ["| dataset | mIoU | mF1 | OA | reported in the paper as |", "|---|---|---|---|---|"]
+    for task, result in results.items():
+        s = result.scores
+        rows.append(f"| {task} | {100 * s.mean_iou:.2f} | {100 * s.mean_f1:.2f} | {100 * s.overall_accuracy:.2f} "
+                    f"| {'mF1' if result.protocol.metric == 'mean_f1' else 'mIoU'} |")
+    return "\n".join(rows)
+
+
+def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
+    """Reload the MDF model through the Auto classes and segment the bundled scene with every head."""
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    scene_path = sample_data.path(sample_data.SCENE)
+    scene = Image.open(scene_path).convert("RGB")
+    written = {}
+    for task in model.config.task_names:
+        labels = segment_scene(model, scene_path, task, processor=processor, window=CROP * 2, overlap=0.25)
+        spec = model.config.tasks[model.config.task_index(task)]
+        palette = task_palette(spec)
+        colorize(labels, palette).save(out / f"mask_{task}.png")
+        panel = legend(list(spec["id2label"].values()), palette, title=task, present=np.unique(labels))
+        with_legend(overlay(scene, labels, palette), panel).save(out / f"overlay_{task}.png")
+        written[task] = str(out / f"overlay_{task}.png")
+    return written
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/quickstart")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=60, help="Training steps of each stage (MDF: twice as many).")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("s5_hf.quickstart")
+    finetune, pretrain = training_script("finetune_mdf"), training_script("pretrain_s4p")
 
-    torch.manual_seed(args.seed)
-    model = S5ForSemanticSegmentation(S5Config(**TINY, tasks=list(MDF_TASKS))).eval()
-    processor = S5ImageProcessor(size={"height": TINY["image_size"], "width": TINY["image_size"]})
-    scene = Image.open(sample_data.path(sample_data.SCENE)).convert("RGB")
-    before = {task: predict(model, processor, scene, task) for task in MDF_TASKS}
+    log.info("1/6 synthetic benchmarks and the unlabeled pool -> %s", out / "data")
+    data = make_data(out / "data", args.seed)
 
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    reloaded = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
-    reloaded_processor = AutoImageProcessor.from_pretrained(model_dir)
+    log.info("2/6 scoring model: supervised on the fake iSAID")
+    finetune.main(stage_args("--train_datasets", f"isaid={data['isaid']}",
+                             "--reader_options", json.dumps({"isaid": READER_OPTIONS["isaid"]}),
+                            "--output_dir", str(out / "scorer"), "--batch_size", "4", "--learning_rate", "3e-3",
+                            "--max_train_steps", str(args.steps), "--eval_steps", "0", "--seed", str(args.seed),
+                             new_model=True))
 
-    summary = {"model_dir": str(model_dir), "parameters": sum(p.numel() for p in reloaded.parameters()), "masks": {}}
-    for task in MDF_TASKS:
-        mask = predict(reloaded, reloaded_processor, scene, task)
-        if not np.array_equal(mask, before[task]):
-            raise RuntimeError(f"The reloaded model predicts a different {task} mask than the saved one.")
-        path = out / f"mask_{task}.png"
-        colourise(mask, task).save(path)
-        summary["masks"][task] = str(path)
+    log.info("3/6 RS4P selection from %s", data["pool"])
+    from .rs4p.cli import main as select_rs4p
+
+    select_rs4p(["--pool", str(data["pool"]), "--labeled", str(labeled_parquet(data["isaid"], out / "isaid-labeled")),
+                 "--model", str(out / "scorer" / "model"), "--output_dir", str(out / "rs4p"), "--target_size", "96",
+                 "--num_clusters", "4", "--batch_size", "16", "--image_size", str(CROP), "--chunk_size", "64",
+                 "--min_shards", "2", "--dataset_name", "rs4p-quickstart"])
+
+    log.info("4/6 S4P: semi-supervised pretraining on the fake iSAID + the RS4P selection")
+    pretrain.main(stage_args("--labeled", f"isaid={data['isaid']}", "--labeled_options", json.dumps(READER_OPTIONS["isaid"]),
+                            "--unlabeled", f"rs4p={out / 'rs4p' / 'dataset'}", "--model_name_or_path",
+                            str(out / "scorer" / "model"), "--output_dir", str(out / "s4p"), "--batch_size", "4",
+                            "--learning_rate", "1e-3", "--max_train_steps", str(args.steps), "--eval_steps", "0",
+                             "--seed", str(args.seed)))
+
+    log.info("5/6 MoE-MDF: fine-tuning on %s", ", ".join(MDF_TASKS))
+    mdf = finetune.main(stage_args(
+        "--model_name_or_path", str(out / "s4p" / "model"), "--part_features", "16",
+        "--train_datasets", *[f"{task}={data[task]}" for task in MDF_TASKS],
+        "--reader_options", json.dumps({t: o for t, o in READER_OPTIONS.items() if t in MDF_TASKS}),
+        "--output_dir", str(out / "mdf"), "--batch_size", "2", "--learning_rate", "3e-3",
+        "--max_train_steps", str(2 * args.steps), "--eval_steps", "0", "--seed", str(args.seed)))
+
+    log.info("6/6 evaluation, reload through the Auto classes, segmentation of the bundled scene")
+    table = evaluation_table(mdf["results"])
+    (out / "results.md").write_text(table + "\n")
+    overlays = segment_bundled_scene(out / "mdf" / "model", out)
+    summary = {
+        "rs4p_dataset": str(out / "rs4p" / "dataset"),
+        "s4p_model": str(out / "s4p" / "model"),
+        "mdf_model": str(out / "mdf" / "model"),
+        "results": {task: r.metrics() for task, r in mdf["results"].items()},
+        "curves": [str(out / stage / "curves.png") for stage in ("scorer", "s4p", "mdf")],
+        "overlays": overlays,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
+    print(table)
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))
     return summary
 
 

@@ -315,9 +315,11 @@ class MetricsLog:
         if not self.accelerator.is_main_process:
             return None
         rows = self.records()
-        keys = keys or sorted({k for r in rows for k in r if k != "step"})
+        # Curves of what changes over training: losses, lr, and each dataset's mIoU once validated twice or more.
+        keys = keys or sorted({k for r in rows for k in r if k != "step" and (k.endswith("mIoU") or "/" not in k)
+                               and not k.startswith("weight_") and "official" not in k})
         series = {k: [(r["step"], r[k]) for r in rows if k in r and math.isfinite(r[k])] for k in keys}
-        series = {k: v for k, v in series.items() if v}
+        series = {k: v for k, v in series.items() if len(v) > 1}
         if not series:
             return None
         return plot_curves(series, Path(self.path).with_name("curves.png"))

@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--ratio_range", type=float, nargs=2, default=(0.5, 2.0))
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss_weights", nargs="*", default=[], help="NAME=WEIGHT (default 1 each).")
-    loss.add_argument("--loss_start", nargs="*", default=["vaihingen=0.7"],
+    loss.add_argument("--loss_start", nargs="*", default=None,
                       help="NAME=FRACTION: the dataset's loss counts from that fraction of training on (official: "
                            "Vaihingen from epoch 70 of 100). Pass --loss_start with no value to train all from step 0.")
     loss.add_argument("--mixed_batch", action=argparse.BooleanOptionalAction, default=True,
@@ -83,7 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     validation = {name: VALIDATION_SPLITS.get(name, "val") for name in args.sources}
     args.validation_splits = validation | name_values(args.validation_splits, str, "--validation_splits")
     args.loss_weights = {name: 1.0 for name in args.sources} | name_values(args.loss_weights, float, "--loss_weights")
-    args.loss_start = name_values(args.loss_start, float, "--loss_start")
+    # The official default applies where Vaihingen is trained; an explicit --loss_start replaces it.
+    default_start = {"vaihingen": 0.7} if "vaihingen" in args.sources else {}
+    args.loss_start = default_start if args.loss_start is None else name_values(args.loss_start, float, "--loss_start")
     for option in ("train_splits", "validation_splits", "loss_weights", "loss_start", "reader_options"):
         unknown = sorted(set(getattr(args, option)) - set(args.sources))
         if unknown:
