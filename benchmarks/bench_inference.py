@@ -1,7 +1,7 @@
 """Large-scene inference: throughput (megapixels/s) and peak memory for growing scenes.
 
     python benchmarks/bench_inference.py                 (1024, 2048, 4096 px squares + tall 1024-wide scenes)
-    python benchmarks/bench_inference.py --sizes 512 1024 --tall 0
+    python benchmarks/bench_inference.py --sizes 512 1024 --tall      (squares only)
 
 Each scene runs in a fresh subprocess, so the peak resident memory (`ru_maxrss`) belongs to that scene alone.
 The scene is read by window from a synthetic reader (like a GeoTIFF read with rasterio: no whole image in memory)
@@ -76,7 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="square scene sides (px)")
     parser.add_argument("--tall", type=int, nargs="*", default=[1024, 4096],
-                        help="heights of extra 1024 px wide scenes (memory must not depend on height)")
+                        help="heights of extra 1024 px wide scenes (memory must not depend on height); "
+                             "--tall alone: none")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -89,15 +90,17 @@ def main() -> None:
         return
 
     shapes = [(s, s) for s in args.sizes]
-    shapes += [(h, 1024) for h in args.tall if (h, 1024) not in shapes]
+    shapes += [(h, 1024) for h in args.tall if h > 0 and (h, 1024) not in shapes]
     print(f"config: {SMALL}\nwindow {args.window}, overlap {args.overlap}, batch {args.batch_size}, "
           f"{args.threads} thread(s); one fresh process per scene\n")
     rows = []
     for height, width in shapes:
         command = [sys.executable, __file__, "--child", f"{height}x{width}", "--window", str(args.window),
                    "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(f"{height}x{width} failed:\n{child.stderr[-3000:]}")
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"  {r['height']}x{r['width']}: {r['seconds']:.1f} s", flush=True)
 

@@ -79,13 +79,15 @@ def build_demo(model_id: str = MODEL_ID):
     import gradio as gr
 
     def on_load(new_model_id: str):
-        tasks = task_names(new_model_id)
-        return gr.Dropdown(choices=tasks, value=tasks[0])
+        try:
+            return gr.Dropdown(choices=task_names(new_model_id), value=model_default_task(new_model_id))
+        except (OSError, ValueError) as error:  # no such repo/folder, or not an S5 model
+            raise gr.Error(f"Cannot load {new_model_id!r}: {error}") from error
 
     def on_predict(image, task, current_model_id, alpha):
         try:
             return predict(image, task, current_model_id, alpha)
-        except ValueError as error:
+        except (OSError, ValueError) as error:
             raise gr.Error(str(error)) from error
 
     tasks = task_names(model_id)

@@ -37,6 +37,7 @@ PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 MODEL_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 DATASET_PATTERNS = ["README.md", "data/**", "*.parquet", "*.json", "*.jsonl", "*.png"]
+STALE_DATASET_PATTERNS = ["data/**", "*.parquet"]
 
 
 class PublishError(ValueError):
@@ -255,16 +256,19 @@ def publish_dataset(
     dry_run: bool = False,
 ) -> dict:
     """Check `folder` (see `check_dataset_folder`) and upload its card, Parquet shards and reports (JSON/PNG) to the
-    dataset repo `repo_id`. Returns `{"repo_id", "splits", "commit_url"}`."""
+    dataset repo `repo_id` in one commit, which also deletes the repo's data files this upload does not replace.
+    Returns `{"repo_id", "splits", "commit_url"}`."""
     splits = check_dataset_folder(folder)
     result = {"repo_id": repo_id, "splits": sorted(splits), "commit_url": None}
     if dry_run:
         return result
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    # Shards of an earlier upload that this one does not replace would still be read as data (e.g. a re-export
+    # with another shard count): the same commit deletes them.
     commit = api.upload_folder(
         repo_id=repo_id, repo_type="dataset", folder_path=str(folder), allow_patterns=DATASET_PATTERNS,
-        commit_message=commit_message or "Upload dataset",
+        delete_patterns=STALE_DATASET_PATTERNS, commit_message=commit_message or "Upload dataset",
     )
     result["commit_url"] = commit.commit_url
     return result

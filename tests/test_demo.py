@@ -103,3 +103,12 @@ def test_app_serves_its_page(app, model_dir):
         demo.close()
     assert "S5 remote-sensing segmentation" in page
     assert '"loveda"' in config and '"openearthmap"' in config  # the dropdown lists the model's heads
+
+
+def test_app_reloads_heads_and_reports_bad_models(app, model_dir, tmp_path):
+    gr = pytest.importorskip("gradio")
+    handlers = {f.name: f.fn for f in app.build_demo(model_dir).fns.values()}
+    dropdown = handlers["on_load"](model_dir)
+    assert dropdown.value == "openearthmap" and [c[0] for c in dropdown.choices] == ["openearthmap", "loveda"]
+    with pytest.raises(gr.Error, match="Cannot load"):
+        handlers["on_load"](str(tmp_path / "no-such-model"))

@@ -117,3 +117,107 @@ def test_dataset_folder_checks(tmp_path):
     with pytest.raises(PublishError, match="no README.md"):
         check_dataset_folder(path)
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Publish -> download round trips against the loopback Hub stand-in
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from s5_hf.testing import LocalHub
+
+    with LocalHub(tmp_path / "hub") as hub:
+        hub.patch_env(monkeypatch, tmp_path / "hf_home")
+        yield hub
+        assert hub.blocked == [] and hub.unhandled == []  # nothing tried another host or an unknown route
+
+
+def test_published_model_loads_back_with_its_card_and_code(saved, hub, tmp_path):
+    from huggingface_hub import HfApi, ModelCard
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    path, model = saved
+    api = HfApi()
+    api.create_repo("local-user/tiny-s5")
+    api.upload_file(path_or_fileobj=b"old pickle", path_in_repo="pytorch_model.bin", repo_id="local-user/tiny-s5")
+    result = publish_model(path, "local-user/tiny-s5")
+    assert result["commit_url"]
+    # Safetensors, config, processor, remote code and card; the stale pickled checkpoint is deleted in that commit.
+    assert sorted(api.list_repo_files("local-user/tiny-s5")) == sorted(
+        [".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE])
+    card = ModelCard.load("local-user/tiny-s5")
+    assert card.data.license == "apache-2.0" and "remote-sensing" in card.data.tags
+    assert 'from_pretrained("local-user/tiny-s5")' in card.text
+
+    pixels = torch.rand(1, 3, 64, 64)
+    loaded = AutoModelForSemanticSegmentation.from_pretrained("local-user/tiny-s5").eval()
+    assert AutoImageProcessor.from_pretrained("local-user/tiny-s5").size == {"height": 64, "width": 64}
+    with torch.no_grad():
+        expected = model(pixels, task="loveda").logits
+        torch.testing.assert_close(loaded(pixels, task="loveda").logits, expected)
+
+    # The uploaded code alone, in a process where the installed s5_hf cannot be imported.
+    save_file({"pixels": pixels, "expected": expected}, tmp_path / "io.safetensors")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["s5_hf"] = None
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+        model = AutoModelForSemanticSegmentation.from_pretrained("local-user/tiny-s5", trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained("local-user/tiny-s5", trust_remote_code=True)
+        print("CLASSES", type(model).__module__, type(processor).__name__)
+        io = load_file({str(tmp_path / "io.safetensors")!r})
+        with torch.no_grad():
+            print("MAXDIFF", (model(io["pixels"], task="loveda").logits - io["expected"]).abs().max().item())
+    """)
+    env = {**hub.env(tmp_path / "fresh_home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    module, processor_class = run.stdout.split("CLASSES")[1].split()[:2]
+    assert module.startswith("transformers_modules.") and processor_class == "S5ImageProcessor"
+    assert float(run.stdout.split("MAXDIFF")[1]) <= 1e-6
+
+
+def test_cli_publishes_a_model_and_a_dataset(saved, hub, tmp_path, capsys):
+    from huggingface_hub import DatasetCard, HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    assert main(["model", str(saved[0]), "local-user/cli-s5", "--message", "first release"]) == 0
+    assert json.loads(capsys.readouterr().out)["commit_url"]
+    assert HfApi().list_repo_commits("local-user/cli-s5")[0].title == "first release"
+
+    path, rows = tiny_dataset_folder(tmp_path / "dataset")
+    assert main(["dataset", str(path), "local-user/tiny-rs4p"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"] == ["train"]
+    assert DatasetCard.load("local-user/tiny-rs4p", repo_type="dataset").data.pretty_name == "tiny RS4P"
+    streamed = datasets.load_dataset("local-user/tiny-rs4p", split="train", streaming=True)
+    assert sorted(row["id"] for row in streamed) == rows["id"]
+
+    with pytest.raises(SystemExit):  # a dataset carries its own card
+        main(["dataset", str(path), "local-user/tiny-rs4p", "--card", "s5-vit-b-mdf"])
+    (path / "README.md").unlink()
+    assert main(["dataset", str(path), "local-user/broken"]) == 1
+    assert "no README.md" in capsys.readouterr().err
+    with pytest.raises(RepositoryNotFoundError):  # checked before anything was created
+        HfApi().dataset_info("local-user/broken")
+
+
+def test_republishing_a_dataset_replaces_its_shards(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    from s5_hf.data.shards import to_parquet_shards
+    from s5_hf.hub import publish_dataset
+
+    path, rows = tiny_dataset_folder(tmp_path / "dataset")  # 2 shards
+    publish_dataset(path, "local-user/shards")
+    # Re-exported with fewer rows in 3 shards: the 2 earlier shards must not stay behind as data.
+    smaller = datasets.Dataset.from_dict({k: v[:3] for k, v in rows.items()},
+                                         features=datasets.load_dataset(str(path), split="train").features)
+    to_parquet_shards(smaller, path, min_shards=3, label_set="isaid", card={"pretty_name": "tiny RS4P"},
+                      overwrite=True)
+    publish_dataset(path, "local-user/shards")
+    shards = [f for f in HfApi().list_repo_files("local-user/shards", repo_type="dataset") if f.endswith(".parquet")]
+    assert len(shards) == 3 and all(f.endswith("-of-00003.parquet") for f in shards)
+    streamed = datasets.load_dataset("local-user/shards", split="train", streaming=True)
+    assert sorted(row["id"] for row in streamed) == rows["id"][:3]
