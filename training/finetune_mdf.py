@@ -16,6 +16,15 @@ Validation follows each dataset's official protocol (`s5_hf.evaluation`); the be
 Vaihingen, Potsdam and OpenEarthMap, as the official model selection) is kept in `<output_dir>/best`.
 Defaults are the official run's: crop 512, batch 12 per dataset and process, AdamW lr 5e-5, weight decay 0.05,
 cosine schedule, no layer decay (configured but not applied by the official optimiser).
+
+`--lora` trains PEFT LoRA adapters instead of experts (`s5_hf.lora`): the model has no experts
+(`--part_features` is ignored), every dataset gets a LoRA adapter named after it on the encoder's linear layers
+(`--lora_target_modules`, default attention q/k/v/o and FFN fc1/fc2; `--lora_r`, `--lora_alpha`,
+`--lora_dropout`), the backbone's own weights stay frozen and only adapters, decoders and classifiers train. Each
+step runs one forward per dataset with its adapter (a mixed batch cannot pick an adapter per row) and one
+backward. `<output_dir>/model` (and `best`) hold the plain S5 model with its trained decoders plus `lora/<task>/`;
+the final adapters are also written to `<output_dir>/lora/<task>/`, each loadable with
+`PeftModel.from_pretrained(S5ForSemanticSegmentation.from_pretrained(<output_dir>/model), ..., adapter_name=task)`.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -73,6 +83,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="One forward for all datasets (default) or one per dataset.")
     model = parser.add_argument_group("experts")
     model.add_argument("--part_features", type=int, default=256, help="Channels of each expert (0: no experts).")
+    lora = parser.add_argument_group("LoRA (instead of experts)")
+    lora.add_argument("--lora", action="store_true",
+                      help="Train one LoRA adapter per dataset on the frozen backbone instead of experts.")
+    lora.add_argument("--lora_r", type=int, default=16, help="LoRA rank.")
+    lora.add_argument("--lora_alpha", type=float, default=32, help="LoRA scaling numerator (scale = alpha / r).")
+    lora.add_argument("--lora_dropout", type=float, default=0.0)
+    lora.add_argument("--lora_target_modules", nargs="+", default=None,
+                      help="Names (or dotted suffixes) of the encoder's linear layers to adapt "
+                           "(default: q_proj k_proj v_proj o_proj fc1 fc2).")
     add_model_arguments(parser)
     add_common_arguments(parser, learning_rate=5e-5, weight_decay=0.05, eval_steps=1000, max_train_steps=105_800)
     args = parser.parse_args(argv)
@@ -90,10 +109,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = sorted(set(getattr(args, option)) - set(args.sources))
         if unknown:
             raise ValueError(f"--{option} names {unknown}, which are not among --train_datasets {list(args.sources)}.")
+    if args.lora and args.gradient_checkpointing:
+        raise ValueError("--gradient_checkpointing cannot be combined with --lora: the backward would recompute "
+                         "every dataset's forward with the adapter of the last one.")
     return args
 
 
 def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
+    if getattr(args, "lora", False):
+        return build_lora_model(args)
     tasks = list(args.sources)
     if not args.model_name_or_path:
         return S5ForSemanticSegmentation(config_from_arguments(args, tasks, part_features=args.part_features))
@@ -109,6 +133,15 @@ def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
     config = S5Config(**{**fields, "tasks": tasks, "part_features": args.part_features, "default_task": None,
                          "out_indices": start.config.out_indices})
     return S5ForSemanticSegmentation.from_single_task(start, config, copy_decoder=True)
+
+
+def build_lora_model(args: argparse.Namespace):
+    """The model without experts (as `build_model` with part_features=0) with one LoRA adapter per dataset."""
+    from s5_hf.lora import DEFAULT_TARGET_MODULES, add_lora_adapters
+
+    model = build_model(argparse.Namespace(**{**vars(args), "lora": False, "part_features": 0}))
+    return add_lora_adapters(model, args.lora_target_modules or DEFAULT_TARGET_MODULES, r=args.lora_r,
+                             alpha=args.lora_alpha, dropout=args.lora_dropout)
 
 
 def main(argv=None) -> dict:
@@ -146,7 +179,8 @@ def main(argv=None) -> dict:
     def compute_losses(step: int):
         batches = {name: [t.to(device) for t in next(stream)] for name, stream in streams.items()}
         weights = {name: weight(name, step) for name in batches}
-        return mdf_losses(model, batches, ignore, weights, mixed_batch=args.mixed_batch)
+        # With --lora each dataset runs its own forward, with its adapter.
+        return mdf_losses(model, batches, ignore, weights, mixed_batch=args.mixed_batch and not args.lora)
 
     validation = {name: source for name, source in args.sources.items() if args.validation_splits[name]}
 
@@ -164,6 +198,10 @@ def main(argv=None) -> dict:
 
     outcome = run_training(accelerator, model, optimizer, scheduler, args, streams=streams,
                            compute_losses=compute_losses, evaluate=evaluate, selection=selection)
+    if args.lora:
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_adapters(Path(args.output_dir) / "lora")
+        accelerator.wait_for_everyone()
     if args.push_to_hub:
         outcome["commit_url"] = push_to_hub(accelerator, args, outcome, stage="mdf", run_summary=(
             f"This model was trained by `training/finetune_mdf.py` for {args.max_train_steps} steps on "
