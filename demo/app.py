@@ -23,7 +23,7 @@ from s5_hf import sample_data  # noqa: E402
 from s5_hf.inference import load_model, segment_scene  # noqa: E402
 from s5_hf.visualize import legend, legend_markdown, overlay, task_palette, with_legend  # noqa: E402
 
-DEFAULT_MODEL_ID = "s5-hf/s5-vit-b-mdf"
+DEFAULT_MODEL_ID = "s5/s5-vit-b-mdf"
 MODEL_ID = os.environ.get("S5_MODEL_ID", DEFAULT_MODEL_ID)
 # Sliding-window size of the demo: the training size; smaller images use one window of their own size.
 WINDOW = int(os.environ.get("S5_WINDOW", "512"))

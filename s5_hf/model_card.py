@@ -27,7 +27,7 @@ from .modeling_s5 import S5ForSemanticSegmentation
 from .params import PAPER_MILLIONS
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
-DEFAULT_NAMESPACE = "s5-hf"
+DEFAULT_NAMESPACE = "s5"
 PAPER_URL = "https://arxiv.org/abs/2508.12409"
 PAPER_SOURCE = "S5 paper (arXiv 2508.12409), Table 1"
 CITATION = """@inproceedings{lv2026s5,
@@ -264,7 +264,7 @@ def build_model_card(
 
 def released_card(model: ReleasedModel, repo_id: str | None = None) -> ModelCard:
     """The card of a released (converted official) checkpoint published as `repo_id` (default
-    `s5-hf/<model.name>`); an MDF card names the S4P model of the same size in that namespace as its base."""
+    `s5/<model.name>`); an MDF card names the S4P model of the same size in that namespace as its base."""
     repo_id = repo_id or f"{DEFAULT_NAMESPACE}/{model.name}"
     namespace = repo_id.split("/")[0] if "/" in repo_id else DEFAULT_NAMESPACE
     size = model.preset[-1].upper()
