@@ -114,7 +114,10 @@ def config_from_arguments(args: argparse.Namespace, tasks: Sequence[Any], **fiel
     return S5Config.from_preset(args.preset, tasks=list(tasks), **{**fields, **overrides})
 
 
-def prepare_model(accelerator: Accelerator, model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+def prepare_training(accelerator: Accelerator, model: torch.nn.Module, args: argparse.Namespace):
+    """Gradient checkpointing and SyncBatchNorm as asked, the optimiser and schedule, and `accelerator.prepare`.
+    The schedule is stepped once per optimiser step and checkpointed with the state (accelerate's prepared
+    schedulers step once per process instead). Returns `(model, optimizer, scheduler)`."""
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if args.sync_bn and accelerator.num_processes > 1:
@@ -122,7 +125,11 @@ def prepare_model(accelerator: Accelerator, model: torch.nn.Module, args: argpar
             logger.warning("SyncBatchNorm needs GPUs; on CPU every process normalises with its own batch statistics.")
         else:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
+    optimizer = make_optimizer(model, args)
+    scheduler = make_scheduler(optimizer, args)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    return model, optimizer, scheduler
 
 
 # ---- optimiser ---------------------------------------------------------------------------------------------------
@@ -502,5 +509,5 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
 __all__ = [
     "MetricsLog", "add_common_arguments", "check_architecture", "check_finite", "check_task_classes",
     "list_checkpoints", "load_checkpoint", "make_accelerator", "make_optimizer", "make_scheduler", "plot_curves",
-    "push_to_hub", "resolve_checkpoint", "run_training", "add_model_arguments", "config_from_arguments", "prepare_model", "save_checkpoint", "save_model_folder",
+    "push_to_hub", "resolve_checkpoint", "run_training", "add_model_arguments", "config_from_arguments", "prepare_training", "save_checkpoint", "save_model_folder",
 ]

@@ -44,7 +44,7 @@ from s5_hf.label_sets import LABEL_SETS
 from s5_hf.losses import mdf_losses
 from s5_hf.train_loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments, make_accelerator,
-    make_optimizer, make_scheduler, prepare_model, push_to_hub, run_training,
+    prepare_training, push_to_hub, run_training,
 )
 
 VALIDATION_SPLITS = {"vaihingen": "test", "potsdam": "test", "openearthmap": "val", "loveda": "val"}
@@ -165,11 +165,7 @@ def main(argv=None) -> dict:
     }
     ignore = {t["name"]: t["ignore_index"] for t in config.tasks}
 
-    model = prepare_model(accelerator, model, args)
-    optimizer = make_optimizer(model, args)
-    scheduler = make_scheduler(optimizer, args)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer, scheduler = prepare_training(accelerator, model, args)
     device = accelerator.device
 
     def weight(name: str, step: int) -> float:

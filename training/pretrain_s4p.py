@@ -30,7 +30,7 @@ from s5_hf.label_sets import LABEL_SETS
 from s5_hf.losses import s4p_losses
 from s5_hf.train_loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments,
-    make_accelerator, make_optimizer, make_scheduler, prepare_model, push_to_hub, run_training,
+    make_accelerator, prepare_training, push_to_hub, run_training,
 )
 
 
@@ -93,11 +93,7 @@ def main(argv=None) -> dict:
            for name, offset in (("unlabeled", 1), ("unlabeled_mix", 2))},
     }
 
-    model = prepare_model(accelerator, model, args)
-    optimizer = make_optimizer(model, args)
-    scheduler = make_scheduler(optimizer, args)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer, scheduler = prepare_training(accelerator, model, args)
     device = accelerator.device
 
     def compute_losses(step: int):
