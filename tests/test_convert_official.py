@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from s5_hf import S5ForSemanticSegmentation
+from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.convert_official import (
     ConversionError,
     convert_official_state_dict,
@@ -19,6 +20,7 @@ from s5_hf.convert_official import (
 from s5_hf.label_sets import MDF_TASKS
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "official-small"
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden vectors not found at {GOLDEN}")
 
 
@@ -69,6 +71,53 @@ def test_mdf_mixed_batch_reproduces_official_logits():
     for row, task in enumerate(MDF_TASKS):
         reference = io[f"logits_{task}"][0]
         assert (logits[row, : reference.shape[0]] - reference).abs().max().item() <= 1e-4
+
+
+def test_s4p_conversion_starts_every_mdf_expert_at_the_official_s4p_function():
+    # Spec 1.2: converted S4P checkpoint -> MoE-MDF model whose experts are the tail rows of the pretrained fc2.
+    s4p = converted_model("s4p")
+    config = golden_config()
+    mdf_config = S5Config(**{k: getattr(s4p.config, k) for k in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "out_indices",
+        "decoder_hidden_size", "pool_scales")}, tasks=config["tasks"], part_features=config["part_features"])
+    mdf = S5ForSemanticSegmentation.from_single_task(s4p, mdf_config).eval()
+    split = config["hidden_size"] - config["part_features"]
+    fc2 = s4p.s5.encoder.layer[0].mlp.fc2
+    for expert in mdf.s5.encoder.layer[0].mlp.experts:
+        assert torch.equal(expert.weight, fc2.weight[split:]) and torch.equal(expert.bias, fc2.bias[split:])
+    io = load_file(GOLDEN / "s4p_io.safetensors")
+    with torch.no_grad():
+        reference = s4p.decoders[0](s4p.s5(io["pixel_values"]).feature_maps)
+        for task in config["tasks"]:
+            decoded = mdf.decoders[mdf.config.task_index(task)](mdf.s5(io["pixel_values"], task=task).feature_maps)
+            torch.testing.assert_close(decoded, reference, atol=1e-5, rtol=1e-5)
+
+
+def _official_layout(name: str) -> dict[str, torch.Tensor]:
+    """The full-size ViT-B official key layout (spec files) as meta tensors: shapes only, no memory."""
+    state = {}
+    for line in (SPEC / f"official_keys_vit_b_{name}.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, shape = line.split(" ", 1)
+            state[key] = torch.empty(tuple(int(x) for x in re.findall(r"\d+", shape)), device="meta")
+    return state
+
+
+@pytest.mark.skipif(not SPEC.is_dir(), reason=f"spec not found at {SPEC}")
+@pytest.mark.parametrize("name,tasks,part_features", [
+    ("s4p", ["isaid"], 0),
+    ("moe_mdf", list(MDF_TASKS), 256),
+])
+def test_full_size_official_key_layouts_convert_to_the_vit_b_preset(name, tasks, part_features):
+    config, weights = convert_official_state_dict(_official_layout(name))  # nothing passed: all inferred
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert config.out_indices == [4, 6, 8, 12] and config.image_size == 512 and config.pool_scales == [1, 2, 3, 6]
+    assert config.task_names == tasks and config.part_features == part_features
+    with torch.device("meta"):
+        model = S5ForSemanticSegmentation(config)
+    assert set(weights) == set(model.state_dict())
+    expected = {"s4p": 103_157_264, "moe_mdf": 160_400_410}[name]  # = the official totals minus unused keys
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_inferred_config_matches_the_official_small_config():

@@ -41,6 +41,9 @@ def test_roundtrip_gives_identical_outputs(saved):
         torch.testing.assert_close(model(pixel_values, task=tasks).logits, loaded(pixel_values, task=tasks).logits,
                                    atol=1e-6, rtol=0)
     assert loaded.config.tasks == model.config.tasks
+    reloaded = loaded.state_dict()
+    assert reloaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(value, reloaded[key]) for key, value in model.state_dict().items())  # bit-exact weights
 
 
 def test_only_safetensors_and_the_code_are_written(saved):
@@ -118,3 +121,15 @@ def test_image_segmentation_pipeline(saved):
     masks = np.stack([np.array(s["mask"]) for s in segments])
     assert masks.shape[1:] == (50, 70)
     assert (masks.sum(0) == 255).all()  # every pixel belongs to exactly one class
+
+
+def test_image_segmentation_pipeline_from_the_folder(saved):
+    # The pipeline resolves model and image processor through the Auto classes (locally registered s5_hf classes).
+    path, model = saved
+    segmenter = pipeline("image-segmentation", model=str(path))
+    assert isinstance(segmenter.model, S5ForSemanticSegmentation)
+    assert isinstance(segmenter.image_processor, S5ImageProcessor)
+    segments = segmenter(Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8)))
+    default = model.config.get_task(model.config.default_task)
+    assert segments and {s["label"] for s in segments} <= set(default["id2label"].values())
+    assert np.stack([np.array(s["mask"]) for s in segments]).sum(0).tolist() == np.full((40, 48), 255).tolist()

@@ -87,8 +87,13 @@ def run_script(args: list[str], script: str, nproc: int = 1, **popen) -> subproc
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # torchrun's workers follow their agent
+        process.communicate()
+        raise
     assert process.returncode == 0, output[-4000:]
     return output
 
