@@ -1,0 +1,202 @@
+"""Training-step benchmarks on CPU (losses + backward + AdamW step), each ratio against a baseline from the same run.
+
+Step kinds, all from `s5_hf.losses` with the model in train mode and `torch.optim.AdamW(lr=5e-5)`:
+
+* S4P: `s4p_losses` on the single-task iSAID model (16 classes). A batch is B labeled images + B unlabeled + B
+  CutMix partners (`UnlabeledTransform` layout); the step runs one no-grad eval forward of the 2B weak views and
+  one training forward/backward of B labeled + B CutMix-ed strong images.
+* MDF mixed: `mdf_losses(..., mixed_batch=True)` on the 4-expert MoE-MDF model, B images of each of vaihingen,
+  potsdam, openearthmap, loveda in ONE forward.
+* MDF per dataset: `mdf_losses(..., mixed_batch=False)`, one forward per dataset as the official code (baseline
+  of the mixed step's speed-up).
+* MDF mixed + gradient checkpointing (`model.gradient_checkpointing_enable()`; baseline: MDF mixed without).
+
+B = 2 (a training batch needs at least 2 images per task: BatchNorm after the 1x1 pyramid pooling). Inputs are
+synthetic (random images; labels in range with a few ignore / 255 pixels; padded ignore mask and CutMix boxes).
+Each case runs in a fresh subprocess, one warm-up step then --steps timed steps. Memory is the subprocess's own
+high-water mark (VmHWM, which exec resets; ru_maxrss is not used because a child started by fork/vfork + exec
+inherits the parent's maximum in it), against the RSS after building model, optimizer and inputs. The AdamW
+state (2 x parameters) is created by the first step, so it is part of the step's extra memory.
+
+    python benchmarks/bench_training.py                          # small 128 px + ViT-B 512 px (~10-15 min, 2 cores)
+    python benchmarks/bench_training.py --sizes small --steps 1  # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf.label_sets import MDF_TASKS, VOID_ID
+from s5_hf.losses import mdf_losses, s4p_losses
+
+SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=128, out_indices=[1, 2, 3, 4],
+             decoder_hidden_size=32, part_features=16)
+SIZES = {"small": dict(image_size=128, steps=3), "vit-b": dict(image_size=512, steps=2)}
+KINDS = {  # name -> (label, checkpointing)
+    "s4p": ("S4P (2 lab + 2 unl + 2 partner)", False),
+    "mdf_per_dataset": ("MDF per dataset (official)", False),
+    "mdf_mixed": ("MDF mixed one forward", False),
+    "mdf_mixed_ckpt": ("MDF mixed + grad. ckpt", True),
+}
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def build(size: str, tasks: list[str]) -> S5ForSemanticSegmentation:
+    if size == "small":
+        config = S5Config(**SMALL, tasks=tasks)
+    else:
+        config = S5Config.from_preset(size, image_size=SIZES[size]["image_size"], tasks=tasks)
+    return S5ForSemanticSegmentation(config)
+
+
+def random_labels(batch: int, size: int, num_classes: int, ignore_index: int, generator: torch.Generator):
+    labels = torch.randint(0, num_classes, (batch, size, size), generator=generator)
+    labels[:, :2, :] = VOID_ID  # a few padding pixels
+    labels[:, 2, : size // 4] = ignore_index  # and a few of the dataset's ignore id
+    return labels
+
+
+def unlabeled_batch(batch: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """`UnlabeledTransform` layout: weak, strong1, strong2 (float32 normalised), ignore_mask int64 (255 = pad),
+    box1, box2 uint8 0/1."""
+    views = [torch.randn(batch, 3, size, size, generator=generator) for _ in range(3)]
+    ignore_mask = torch.zeros(batch, size, size, dtype=torch.int64)
+    ignore_mask[:, -size // 8:, :] = VOID_ID  # bottom rows padded
+    boxes = []
+    for _ in range(2):
+        box = torch.zeros(batch, size, size, dtype=torch.uint8)
+        box[:, size // 4: 3 * size // 4, size // 8: size // 2] = 1
+        boxes.append(box)
+    return (*views, ignore_mask, *boxes)
+
+
+def train_case(size: str, kind: str, batch: int, steps: int, threads: int | None) -> dict:
+    """Runs in a subprocess: build model, optimizer and inputs, take the baseline RSS, then 1 + `steps` steps."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    image_size = SIZES[size]["image_size"]
+    if kind == "s4p":
+        model = build(size, ["isaid"]).train()
+        task = model.config.tasks[0]
+        labeled = (torch.randn(batch, 3, image_size, image_size, generator=generator),
+                   random_labels(batch, image_size, len(task["id2label"]), task["ignore_index"], generator))
+        unlabeled, partner = unlabeled_batch(batch, image_size, generator), unlabeled_batch(batch, image_size, generator)
+        images_per_step = 3 * batch
+
+        def losses():
+            return s4p_losses(model, labeled, unlabeled, partner, ignore_index=task["ignore_index"], threshold=0.95)
+    else:
+        model = build(size, list(MDF_TASKS)).train()
+        batches, ignore = {}, {}
+        for task in model.config.tasks:
+            ignore[task["name"]] = task["ignore_index"]
+            batches[task["name"]] = (
+                torch.randn(batch, 3, image_size, image_size, generator=generator),
+                random_labels(batch, image_size, len(task["id2label"]), task["ignore_index"], generator))
+        weights = {name: 1.0 for name in batches}
+        mixed = kind.startswith("mdf_mixed")
+        images_per_step = batch * len(batches)
+
+        def losses():
+            return mdf_losses(model, batches, ignore, weights, mixed_batch=mixed)
+    if KINDS[kind][1]:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    params = sum(p.numel() for p in model.parameters())
+    baseline = current_rss_mb()
+
+    def step():
+        loss = losses()[0]["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up (also allocates the AdamW state)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"seconds_per_step": sum(times) / len(times), "min_seconds": min(times), "images_per_step": images_per_step,
+            "baseline_mb": baseline, "peak_mb": peak_rss_mb(), "params_m": params / 1e6,
+            "threads": torch.get_num_threads()}
+
+
+def run_case(size: str, kind: str, batch: int, steps: int, threads: int | None) -> dict:
+    args = json.dumps([size, kind, batch, steps, threads])
+    out = subprocess.run([sys.executable, __file__, "--_case", args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"case {size}/{kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_size(size: str, batch: int, steps: int, threads: int | None) -> None:
+    image_size = SIZES[size]["image_size"]
+    print(f"\n{size} at {image_size} px, batch {batch} per stream/dataset, 1 warm-up + {steps} timed step(s), "
+          f"AdamW lr 5e-5, fresh subprocess per row")
+    header = (f"| step | params M | img/step | s/step (min) | steps/s | img/s | RSS after build MB | peak MB "
+              f"| step extra MB |")
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    results = {}
+    for kind, (label, _) in KINDS.items():
+        r = results[kind] = run_case(size, kind, batch, steps, threads)
+        s = r["seconds_per_step"]
+        print(f"| {label} | {r['params_m']:.1f} | {r['images_per_step']} | {s:.2f} ({r['min_seconds']:.2f}) | "
+              f"{1 / s:.3f} | {r['images_per_step'] / s:.2f} | {r['baseline_mb']:,.0f} | {r['peak_mb']:,.0f} | "
+              f"{r['peak_mb'] - r['baseline_mb']:,.0f} |")
+    print(f"(CPU threads per case: {results['s4p']['threads']})")
+    per, mixed, ckpt = results["mdf_per_dataset"], results["mdf_mixed"], results["mdf_mixed_ckpt"]
+    extra = lambda r: r["peak_mb"] - r["baseline_mb"]  # noqa: E731
+    print(f"  MDF mixed vs per dataset (baseline): speed-up x{per['seconds_per_step'] / mixed['seconds_per_step']:.2f}"
+          f" (mean), x{per['min_seconds'] / mixed['min_seconds']:.2f} (min); "
+          f"step extra memory x{extra(mixed) / extra(per):.2f}")
+    print(f"  MDF mixed, gradient checkpointing vs not (baseline): step extra memory x{extra(ckpt) / extra(mixed):.2f}, "
+          f"peak x{ckpt['peak_mb'] / mixed['peak_mb']:.2f}, time x{ckpt['seconds_per_step'] / mixed['seconds_per_step']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="small,vit-b", help="comma-separated: small, vit-b (default both)")
+    parser.add_argument("--steps", type=int, help="timed steps per case (default 3 small, 2 ViT-B)")
+    parser.add_argument("--batch", type=int, default=2, help="images per stream / per dataset (>= 2)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each case (default: torch's)")
+    parser.add_argument("--_case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._case:
+        print(json.dumps(train_case(*json.loads(args._case))))
+        return
+    if args.batch < 2:
+        parser.error("--batch must be at least 2 (BatchNorm in training mode)")
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for size in sizes:
+        if size not in SIZES:
+            parser.error(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    for size in sizes:
+        bench_size(size, args.batch, args.steps or SIZES[size]["steps"], args.threads)
+
+
+if __name__ == "__main__":
+    main()
