@@ -18,7 +18,7 @@ high-water mark (VmHWM, which exec resets; ru_maxrss is not used because a child
 inherits the parent's maximum in it), against the RSS after building model, optimizer and inputs. The AdamW
 state (2 x parameters) is created by the first step, so it is part of the step's extra memory.
 
-    python benchmarks/bench_training.py                          # small 128 px + ViT-B 512 px (~10-15 min, 2 cores)
+    python benchmarks/bench_training.py                          # small 128 px + ViT-B 512 px (~20-35 min, 2 cores)
     python benchmarks/bench_training.py --sizes small --steps 1  # smoke run, seconds
 """
 
