@@ -1,6 +1,7 @@
 """Model benchmarks on CPU, each figure printed with its baseline measured in the same run.
 
 1. A batch mixing the four MDF datasets in ONE forward vs. one forward per dataset (the official way).
+   Interleaved rounds; wall and process CPU time, min and median (the machine may be shared).
 2. Training steps (forward + backward + AdamW) of the ViT-B MoE-MDF model at 512 px: steps/s and peak memory,
    with and without gradient checkpointing. Batch 2: a training batch needs at least 2 images per task
    (BatchNorm after the 1x1 pyramid pooling cannot normalise a single value per channel). Each case runs in a fresh subprocess so that its peak resident
