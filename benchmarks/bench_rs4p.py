@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -40,24 +39,10 @@ from s5_hf.rs4p import (
     spherical_kmeans,
 )
 from s5_hf.rs4p.scoring import to_pixel_values
+from memory import current_rss_mb, peak_rss_mb  # benchmarks/memory.py (scripts run from this folder)
 
 LABELED = 38_936
 DIM = 768
-
-
-def peak_rss_mb() -> float:
-    # VmHWM (this process's own high-water mark), not ru_maxrss: on Linux a child started with fork+exec
-    # inherits the parent's maximum in ru_maxrss, which would hide the step's own peak.
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 # ---- 1. scoring -------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import torch
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.label_sets import MDF_TASKS, VOID_ID
 from s5_hf.losses import mdf_losses, s4p_losses
+from memory import current_rss_mb, peak_rss_mb  # benchmarks/memory.py (scripts run from this folder)
 
 SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=128, out_indices=[1, 2, 3, 4],
              decoder_hidden_size=32, part_features=16)
@@ -46,19 +46,6 @@ KINDS = {  # name -> (label, checkpointing)
     "mdf_mixed": ("MDF mixed one forward", False),
     "mdf_mixed_ckpt": ("MDF mixed + grad. ckpt", True),
 }
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def build(size: str, tasks: list[str]) -> S5ForSemanticSegmentation:
