@@ -159,22 +159,23 @@ def evaluate_task(
     return TaskResult(task, scores, protocol, official, reduced)
 
 
-def evaluate_sources(model, sources: Mapping[str, Any], split: str, *, crop_size: int, accelerator=None,
-                     max_samples: int | None = None, reader_options: Mapping[str, Mapping] | None = None
-                     ) -> dict[str, TaskResult]:
-    """`evaluate_task` for every `{task: DataSource}`, each process scoring its own part of `split`."""
+def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str, str], *, crop_size: int,
+                     accelerator=None, max_samples: int | None = None,
+                     reader_options: Mapping[str, Mapping] | None = None) -> dict[str, TaskResult]:
+    """`evaluate_task` for every `{task: DataSource}` on `split` (one name, or one per task), each process scoring
+    its own part."""
     from .data.streams import process_part
 
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     unwrapped = model if accelerator is None else accelerator.unwrap_model(model)
     results = {}
     for task, source in sources.items():
-        rows = process_part(source.load(split, **(reader_options or {}).get(task, {})), rank, world)
+        task_split = split if isinstance(split, str) else split[task]
+        rows = process_part(source.load(task_split, **(reader_options or {}).get(task, {})), rank, world)
         # Each process caps its own part, so the cap is per process.
         results[task] = evaluate_task(unwrapped, rows, task, crop_size=crop_size, accelerator=accelerator,
                                       max_samples=max_samples)
     return results
-
 
 __all__ = ["EvalProtocol", "FlipAveraged", "PROTOCOLS", "TaskResult", "evaluate_sources", "evaluate_task",
            "predict_labels", "protocol_for"]

@@ -688,10 +688,13 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         self.config.set_default_task(name)
 
 
+# Configuration fields that fix the shapes of the backbone and decoder weights.
+BACKBONE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
+                 "num_channels", "decoder_hidden_size")
+
+
 def _check_same_backbone(a: S5Config, b: S5Config) -> None:
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
-            "num_channels", "decoder_hidden_size")
-    diff = {k: (getattr(a, k), getattr(b, k)) for k in keys if getattr(a, k) != getattr(b, k)}
+    diff = {k: (getattr(a, k), getattr(b, k)) for k in BACKBONE_KEYS if getattr(a, k) != getattr(b, k)}
     if diff:
         raise ValueError(f"Backbone configurations differ: {diff} (source, target).")
 

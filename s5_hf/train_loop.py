@@ -38,13 +38,14 @@ from transformers import get_scheduler
 from .configuration_s5 import S5Config
 from .image_processing_s5 import S5ImageProcessor
 from .metrics import save_confusion_matrix_png
+from .modeling_s5 import BACKBONE_KEYS
 
 logger = get_logger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# Config fields that must agree between a checkpoint and the model a run builds.
-ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size",
-                     "num_channels", "decoder_hidden_size", "part_features")
+# Config fields that must agree between a checkpoint and the model a run builds: the weight shapes, and the
+# expert width.
+ARCHITECTURE_KEYS = (*BACKBONE_KEYS, "part_features")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, weight_decay: float,

@@ -181,12 +181,8 @@ def main(argv=None) -> dict:
     validation = {name: source for name, source in args.sources.items() if args.validation_splits[name]}
 
     def evaluate():
-        results = {}
-        for name, source in validation.items():
-            results |= evaluate_sources(model, {name: source}, args.validation_splits[name], crop_size=crop,
-                                        accelerator=accelerator, max_samples=args.max_eval_samples,
-                                        reader_options=args.reader_options)
-        return results
+        return evaluate_sources(model, validation, args.validation_splits, crop_size=crop, accelerator=accelerator,
+                                max_samples=args.max_eval_samples, reader_options=args.reader_options)
 
     def selection(results) -> float:
         chosen = [r for name, r in results.items() if name in SELECTION_TASKS] or list(results.values())

@@ -52,9 +52,7 @@ class DataSource:
     def kind(self) -> str:
         path = Path(self.location)
         if path.is_dir():
-            if (path / "data").is_dir() and any((path / "data").glob("*.parquet")):
-                return "shards"
-            if any(path.glob("*.parquet")):
+            if any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")):
                 return "shards"
             if self.name in BENCHMARKS:
                 return "benchmark"
