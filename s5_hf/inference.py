@@ -18,6 +18,11 @@ How a scene is predicted:
   windows. PNG output is streamed row by row (our own minimal PNG writer); TIFF output without rasterio is
   assembled in memory (one byte per pixel) and written by Pillow.
 
+Where outputs go: an output that resolves to an input file (the same file, its folder in folder mode, or a
+symlink to either) is refused, and so is any path inside the installed s5_hf package or site-packages; an existing
+output is replaced only with `--overwrite`. Every output is checked before anything is written. Without an output
+path, the mask goes to the current folder (`<input stem>_mask.<ext>`, or `<input folder name>_masks/`).
+
 Outputs: label maps hold class ids (0..K-1) and 255 where the input is nodata. PNG masks are palette images
 (pixel values = class ids, shown in the dataset's colours); GeoTIFF masks keep the input's CRS and transform and
 carry the palette as a colour map. `--color` also writes `<name>_color.png`: the colour mask over the scene with
@@ -33,6 +38,7 @@ import math
 import os
 import struct
 import sys
+import sysconfig
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +69,11 @@ except ImportError:  # pragma: no cover - exercised where rasterio is not instal
 
 class SceneError(ValueError):
     """A scene cannot be read or does not fit the model; the message names the file."""
+
+
+class OutputError(ValueError):
+    """An output path is refused: it is an input, an existing file (without overwrite), or inside the installed
+    package; the message names the path."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -628,22 +639,31 @@ def segment_file(
     bands: Sequence[int] | None = None,
     rescale_factor: float | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SceneResult:
     """Predict the scene at `source` and write its label map to `output` (.png or .tif), row block by row block.
 
     With `color`, also write a colour PNG (mask over the scene with opacity `alpha`, legend on the right).
-    Outputs appear only when complete. Other arguments: see `segment_scene`.
+    Outputs appear only when complete. An output that is the input file (or a link to it) or lies inside the
+    installed package raises `OutputError`; so does an existing output unless `overwrite`. Other arguments: see
+    `segment_scene`.
     """
     config = model.config
     task_spec = config.tasks[config.task_index(task if task is not None else config.default_task)]
     class_names = [task_spec["id2label"][k] for k in range(len(task_spec["id2label"]))]
     palette = task_palette(task_spec)
     processor = processor or S5ImageProcessor()
+    output = Path(output)
+    outputs = [output] + ([Path(color)] if color is not None else [])
+    check_outputs(outputs, [source] if isinstance(source, (str, os.PathLike)) else [], overwrite=overwrite)
+    if color is not None and Path(color).resolve() == output.resolve():
+        raise OutputError(f"{output}: the mask and the colour image would be the same file.")
     scene = open_scene(source)
     writers: list = []
     try:
         channels = _select_bands(scene, bands, config.num_channels)
-        output = Path(output)
+        # Bad scaling is found before any folder or file is created (it would also stop the first strip).
+        _check_scale(scene, Normalisation.from_processor(processor, rescale_factor), rescale_factor is not None)
         output.parent.mkdir(parents=True, exist_ok=True)
         writers.append(_label_writer(output, scene, palette, class_names))
         if color is not None:
@@ -683,6 +703,83 @@ def output_name(source: Path, fmt: str) -> str:
     return f"{source.stem}.{fmt}"
 
 
+def _protected_folders() -> list[Path]:
+    """Folders s5-segment never writes into: the installed s5_hf package (its sample scenes are inputs users
+    try first) and the interpreter's site-packages."""
+    folders = {Path(__file__).resolve().parent}
+    paths = sysconfig.get_paths()
+    for key in ("purelib", "platlib"):
+        if paths.get(key):
+            folders.add(Path(paths[key]).resolve())
+    return sorted(folders)
+
+
+def check_outputs(outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike] = (),
+                  overwrite: bool = False) -> None:
+    """Raise `OutputError` naming the first of `outputs` that resolves to one of `inputs` (symlinks and hard
+    links included), lies inside the installed package or site-packages, is a folder, or exists while
+    `overwrite` is false. Writes nothing."""
+    resolved_inputs = {}
+    for source in inputs:
+        source = Path(source)
+        resolved_inputs[source.resolve()] = source
+    inodes = {}
+    for target, source in resolved_inputs.items():
+        try:
+            stat = target.stat()
+        except OSError:
+            continue
+        inodes[stat.st_dev, stat.st_ino] = source
+    protected = _protected_folders()
+    for output in map(Path, outputs):
+        target = output.resolve()
+        same = resolved_inputs.get(target)
+        if same is None and output.exists():
+            stat = output.stat()
+            same = inodes.get((stat.st_dev, stat.st_ino))
+        if same is not None:
+            raise OutputError(f"{output}: is the input file {same}; writing the mask there would destroy the "
+                              f"imagery. Choose another output path or folder.")
+        for folder in protected:
+            if target.is_relative_to(folder):
+                raise OutputError(f"{output}: inside the installed package or site-packages ({folder}); write "
+                                  f"the mask somewhere else (pass an output path, or run from another folder).")
+        if output.is_dir():
+            raise OutputError(f"{output}: is a folder, not a mask file.")
+        if output.exists() and not overwrite:
+            raise OutputError(f"{output}: already exists; pass --overwrite (overwrite=True) to replace it.")
+
+
+def plan_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, color: bool = False,
+                fmt: str = "auto", overwrite: bool = False) -> tuple[dict[Path, tuple[Path, Path]], FolderResult]:
+    """The outputs of folder mode, checked before anything is written: {source: (mask, colour image)} and a
+    `FolderResult` whose `failed` lists scenes skipped because two of them would write the same file. Raises
+    `OutputError` when any output is refused (see `check_outputs`), `FileNotFoundError` for a missing folder."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: not a folder.")
+    sources = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not sources:
+        raise FileNotFoundError(f"{input_dir}: no {'/'.join(IMAGE_SUFFIXES)} files.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"{output_dir}: is a file; folder mode writes its masks into a folder.")
+    result = FolderResult([], {})
+    plan: dict[Path, tuple[Path, Path]] = {}
+    taken: dict[str, Path] = {}
+    for source in sources:
+        name = output_name(source, fmt)
+        names = [name] + ([f"{Path(name).stem}_color.png"] if color else [])
+        clash = next((n for n in names if n in taken), None)
+        if clash is not None:
+            result.failed[str(source)] = f"its output {clash} would overwrite an output of {taken[clash].name}"
+            continue
+        taken.update(dict.fromkeys(names, source))
+        plan[source] = (output_dir / name, output_dir / f"{Path(name).stem}_color.png")
+    outputs = [outputs[0] for outputs in plan.values()] + ([o[1] for o in plan.values()] if color else [])
+    check_outputs(outputs, sources, overwrite=overwrite)
+    return plan, result
+
+
 def segment_folder(
     model,
     input_dir: str | os.PathLike,
@@ -691,33 +788,24 @@ def segment_folder(
     *,
     color: bool = False,
     fmt: str = "auto",
+    overwrite: bool = False,
     **kwargs,
 ) -> FolderResult:
     """Predict every PNG/JPEG/TIFF in `input_dir` (not recursive) into `output_dir`.
 
     A file that fails (unreadable, wrong bands, ...) is reported and skipped; the others are still written.
-    `color` adds `<stem>_color.png` per scene. Other arguments: see `segment_file`.
+    `color` adds `<stem>_color.png` per scene. Every output is checked first (`plan_folder`): if any would be an
+    input file, or exists and `overwrite` is false, `OutputError` is raised and nothing is written. Other
+    arguments: see `segment_file`.
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"{input_dir}: not a folder.")
-    sources = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not sources:
-        raise FileNotFoundError(f"{input_dir}: no {'/'.join(IMAGE_SUFFIXES)} files.")
-    result = FolderResult([], {})
-    taken: dict[str, Path] = {}
-    for source in tqdm(sources, unit="scene", desc="scenes", disable=not kwargs.get("progress", True)):
-        name = output_name(source, fmt)
-        if name in taken:
-            result.failed[str(source)] = f"its output {name} would overwrite the mask of {taken[name].name}"
-            logger.error("%s: skipped, %s", source, result.failed[str(source)])
-            continue
-        taken[name] = source
-        stem = Path(name).stem
+    output_dir = Path(output_dir)
+    plan, result = plan_folder(input_dir, output_dir, color=color, fmt=fmt, overwrite=overwrite)
+    for source, reason in result.failed.items():
+        logger.error("%s: skipped, %s", source, reason)
+    for source, outputs in tqdm(plan.items(), unit="scene", desc="scenes", disable=not kwargs.get("progress", True)):
         try:
             result.succeeded.append(segment_file(
-                model, source, output_dir / name, task,
-                color=output_dir / f"{stem}_color.png" if color else None, **kwargs,
+                model, source, outputs[0], task, color=outputs[1] if color else None, overwrite=overwrite, **kwargs,
             ))
         except SceneError as error:
             result.failed[str(source)] = str(error)
@@ -769,31 +857,86 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="s5-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("input", help="an image (PNG/JPEG/TIFF/GeoTIFF) or a folder of them")
-    parser.add_argument("output", nargs="?", help="mask file (.png/.tif) or folder; default: <input stem>_mask.<ext>")
+    # Multi-word options are kebab-case; the snake_case spelling is accepted too (the training scripts use it).
+    parser.add_argument("input", nargs="?", help="an image (PNG/JPEG/TIFF/GeoTIFF) or a folder of them")
+    parser.add_argument("output", nargs="?",
+                        help="mask file (.png/.tif) or folder; default: <input stem>_mask.<ext> (or "
+                             "<folder name>_masks/) in the current folder")
     parser.add_argument("--model", required=True, help="S5 model folder or Hub repo id")
     parser.add_argument("--task", help="dataset head (default: the model's default task); see --list-tasks")
-    parser.add_argument("--list-tasks", action="store_true", help="print the model's tasks and classes, then exit")
+    parser.add_argument("--list-tasks", "--list_tasks", action="store_true",
+                        help="print the model's tasks and classes, then exit (no input needed)")
     parser.add_argument("--window", type=int, default=512, help="window size in px (multiple of 16)")
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--bands", type=_parse_bands, help="1-based bands to feed the model, e.g. 1,2,3")
-    parser.add_argument("--rescale-factor", type=_parse_fraction,
+    parser.add_argument("--rescale-factor", "--rescale_factor", type=_parse_fraction,
                         help="multiplier mapping raw values to [0, 1] (default: the processor's, 1/255)")
     parser.add_argument("--color", action="store_true", help="also write <name>_color.png with a legend")
     parser.add_argument("--alpha", type=float, default=0.6, help="mask opacity in the colour image")
     parser.add_argument("--format", dest="fmt", choices=["auto", "png", "tif"], default="auto",
                         help="mask format in folder mode (auto: TIFF for TIFF inputs, PNG otherwise)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (an output that is an input is always refused)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--trust-remote-code", action="store_true", help="load the model with its own code")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true",
+                        help="load the model with its own code")
+    parser.add_argument("--no-progress", "--no_progress", action="store_true")
     return parser
 
 
+def _looks_like_path(model_id: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else (absolute, ./, ~, deeper) can only be a folder."""
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
+
+
+def _planned_outputs(args, source: Path) -> tuple[Path, Path | None]:
+    """Mask and colour paths of single-file mode."""
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            output = output / output_name(source, args.fmt)
+    else:
+        default = Path(output_name(source, args.fmt))
+        output = Path.cwd() / f"{default.stem}_mask{default.suffix}"  # never beside the input (see the docs)
+    color = output.with_name(output.stem + "_color.png") if args.color else None
+    return output, color
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.input is None and not args.list_tasks:
+        parser.error("the following arguments are required: input (or use --list-tasks)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    model, processor = load_model(args.model, args.device, args.trust_remote_code)
+    source = Path(args.input) if args.input is not None else None
+    folder_output = None
+    try:
+        # Every output is checked before the model is loaded: a refused run costs nothing and writes nothing.
+        if source is None or args.list_tasks:
+            pass  # --list-tasks reads the model only
+        elif source.is_dir():
+            folder_output = Path(args.output) if args.output else Path.cwd() / f"{source.resolve().name}_masks"
+            plan_folder(source, folder_output, color=args.color, fmt=args.fmt, overwrite=args.overwrite)
+        elif not source.is_file():
+            print(f"error: {source}: no such file or folder.", file=sys.stderr)
+            return 2
+        else:
+            output, color = _planned_outputs(args, source)
+            check_outputs([output] + ([color] if color else []), [source], overwrite=args.overwrite)
+    except (OutputError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if _looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        print(f"error: --model {args.model}: no such folder.", file=sys.stderr)
+        return 2
+    try:
+        model, processor = load_model(str(Path(args.model).expanduser()) if _looks_like_path(args.model)
+                                      else args.model, args.device, args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        print(f"error: --model {args.model}: cannot load an S5 model ({type(error).__name__}: {error})",
+              file=sys.stderr)
+        return 2
     config = model.config
     if args.list_tasks:
         for spec in config.tasks:
@@ -807,26 +950,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = dict(processor=processor, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                    bands=args.bands, rescale_factor=args.rescale_factor, progress=not args.no_progress,
-                   alpha=args.alpha)
-    source = Path(args.input)
-    if source.is_dir():
-        output = Path(args.output) if args.output else source.with_name(source.name + "_masks")
-        result = segment_folder(model, source, output, task, color=args.color, fmt=args.fmt, **options)
-        print(f"{len(result.succeeded)} scene(s) written to {output}, {len(result.failed)} failed.")
+                   alpha=args.alpha, overwrite=args.overwrite)
+    if folder_output is not None:
+        try:
+            result = segment_folder(model, source, folder_output, task, color=args.color, fmt=args.fmt, **options)
+        except (OutputError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{len(result.succeeded)} scene(s) written to {folder_output}, {len(result.failed)} failed.")
         for path, reason in result.failed.items():
             print(f"  FAILED {path}: {reason}", file=sys.stderr)
         return 1 if result.failed else 0
-    if args.output:
-        output = Path(args.output)
-        if output.is_dir():
-            output = output / output_name(source, args.fmt)
-    else:
-        default = Path(output_name(source, args.fmt))
-        output = source.with_name(f"{default.stem}_mask{default.suffix}")
-    color = output.with_name(output.stem + "_color.png") if args.color else None
     try:
         result = segment_file(model, source, output, task, color=color, **options)
-    except SceneError as error:
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (SceneError, ValueError, OSError) as error:  # OSError: e.g. the output's folder cannot be made
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps({"mask": str(result.mask), "color": str(result.color) if result.color else None,
@@ -838,6 +978,7 @@ __all__ = [
     "ArrayScene",
     "FolderResult",
     "Normalisation",
+    "OutputError",
     "PngRowWriter",
     "Scene",
     "SceneError",
@@ -850,6 +991,8 @@ __all__ = [
     "segment_folder",
     "segment_scene",
     "window_starts",
+    "check_outputs",
+    "plan_folder",
 ]
 
 

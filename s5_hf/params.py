@@ -1,6 +1,6 @@
 """Parameter counts of the full-size S5 models, built on the `meta` device (no memory is allocated).
 
-    python -m s5_hf.params        (or: s5-params)
+    python -m s5_hf.params        (or: s5-params; --preset vit-b for one backbone)
 
 Compares with the paper (spec section 1.4). The official implementation also counts parameters it never
 uses: a class token (hidden_size values) and a 1-class placeholder classifier (257 values) inside each
@@ -8,6 +8,9 @@ decoder; `official_equivalent` adds them back, which makes the totals equal to t
 """
 
 from __future__ import annotations
+
+import argparse
+import sys
 
 import torch
 
@@ -38,9 +41,19 @@ def official_equivalent(preset: str, variant: str) -> int:
     return count_parameters(preset, variant) + PRESETS[preset]["hidden_size"] + decoders * UNUSED_PLACEHOLDER_PER_DECODER
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s5-params", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), action="append",
+                        help="only this backbone (repeatable; default: all presets)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    presets = args.preset or list(PRESETS)
     print(f"{'preset':8} {'variant':9} {'ours':>13} {'+unused (official)':>19} {'paper (M)':>10}")
-    for preset in PRESETS:
+    for preset in presets:
         for variant in ("single", "multiple", "shared"):
             paper = PAPER_MILLIONS[preset].get(variant)
             paper_text = f"{paper:.1f}" if paper is not None else "-"
@@ -48,7 +61,8 @@ def main() -> None:
                   f"{official_equivalent(preset, variant):19,} {paper_text:>10}")
     b_single, b_multi = count_parameters("vit-b", "single"), count_parameters("vit-b", "multiple")
     print(f"\nOne ViT-B MoE model for four datasets: {b_multi / 1e6:.1f}M vs four single models: {4 * b_single / 1e6:.1f}M")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -258,12 +260,154 @@ def test_cli_folder_mode_reports_failures_and_continues(model_dir, tmp_path, cap
         assert mask.size == (64, 70)
 
 
-def test_cli_single_file_and_unknown_task(model_dir, tmp_path, capsys):
+def test_cli_single_file_and_unknown_task(model_dir, tmp_path, capsys, monkeypatch):
     source = tmp_path / "scene.png"
     Image.fromarray(rgb(64, 64, seed=11)).save(source)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     assert main([str(source), "--model", str(model_dir), "--task", "isaid", "--no-progress"]) == 2
     assert "potsdam, loveda" in capsys.readouterr().err
     assert main([str(source), "--model", str(model_dir), "--no-progress", "--window", "64"]) == 0
-    assert (tmp_path / "scene_mask.png").is_file()
+    assert (elsewhere / "scene_mask.png").is_file()  # the default output goes to the current folder
     assert main([str(source), "--model", str(model_dir), "--list-tasks"]) == 0
     assert "loveda: background, building" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Where s5-segment writes: never over an input, an existing file (without --overwrite) or the installed package
+# ------------------------------------------------------------------------------------------------------------
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`, to prove a refused run changed nothing."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(model_dir, *args, window=64):
+    return main([*map(str, args), "--model", str(model_dir), "--window", str(window), "--no-progress"])
+
+
+def test_cli_refuses_to_write_the_mask_over_the_input_file(model_dir, tmp_path, capsys):
+    source = tmp_path / "scene.png"
+    Image.fromarray(rgb(64, 64, seed=12)).save(source)
+    before = snapshot(tmp_path)
+    for output in (source, tmp_path, tmp_path / "." / "scene.png"):  # the file itself, or its own folder
+        assert cli(model_dir, source, output, "--overwrite") == 2
+        assert f"{source}" in capsys.readouterr().err
+    link = tmp_path / "link.png"
+    link.symlink_to(source)
+    assert cli(model_dir, source, link, "--overwrite") == 2  # a symlink to the input
+    assert "scene.png" in capsys.readouterr().err
+    hard = tmp_path / "hard.png"
+    os.link(source, hard)
+    assert cli(model_dir, source, hard, "--overwrite") == 2  # a hard link: the same bytes on disk
+    assert "hard.png" in capsys.readouterr().err
+    hard.unlink()
+    # --color writes <mask stem>_color.png: refused too when that is the input
+    assert cli(model_dir, source, tmp_path / "scene_color_mask.png", "--color", "--overwrite") == 0
+    capsys.readouterr()
+    painted = tmp_path / "x.png"
+    Image.fromarray(rgb(64, 64, seed=13)).save(painted)
+    colour_input = tmp_path / "x_color.png"
+    Image.fromarray(rgb(64, 64, seed=14)).save(colour_input)
+    kept = colour_input.read_bytes()
+    assert cli(model_dir, colour_input, tmp_path / "x.tif", "--color", "--overwrite") == 2
+    assert "x_color.png" in capsys.readouterr().err
+    assert colour_input.read_bytes() == kept and not (tmp_path / "x.tif").exists()
+    link.unlink()
+    for name, data in before.items():
+        assert (tmp_path / name).read_bytes() == data
+
+
+def test_cli_folder_mode_refuses_outputs_that_are_inputs(model_dir, tmp_path, capsys):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    Image.fromarray(rgb(64, 64, seed=15)).save(scenes / "a.png")
+    Image.fromarray(rgb(64, 64, seed=16)).save(scenes / "b.tif")
+    before = snapshot(tmp_path)
+    assert cli(model_dir, scenes, scenes, "--overwrite") == 2  # same folder: a.png -> a.png
+    assert "a.png" in capsys.readouterr().err
+    alias = tmp_path / "alias"
+    alias.symlink_to(scenes, target_is_directory=True)
+    assert cli(model_dir, scenes, alias, "--overwrite") == 2  # the same folder through a symlink
+    assert "a.png" in capsys.readouterr().err
+    assert cli(model_dir, scenes, scenes, "--format", "tif", "--overwrite") == 2  # a.png -> a.tif, b.tif -> b.tif
+    assert "b.tif" in capsys.readouterr().err
+    alias.unlink()
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_never_overwrites_an_existing_output_without_the_flag(model_dir, tmp_path, capsys):
+    source = tmp_path / "scene.png"
+    Image.fromarray(rgb(64, 64, seed=17)).save(source)
+    existing = tmp_path / "mask.png"
+    existing.write_bytes(b"precious")
+    assert cli(model_dir, source, existing) == 2
+    assert f"{existing}" in capsys.readouterr().err and existing.read_bytes() == b"precious"
+    assert cli(model_dir, source, existing, "--overwrite") == 0
+    with Image.open(existing) as mask:
+        assert mask.size == (64, 64)
+    # Folder mode checks every output before writing any.
+    scenes, masks = tmp_path / "scenes", tmp_path / "masks"
+    scenes.mkdir()
+    masks.mkdir()
+    Image.fromarray(rgb(64, 64, seed=18)).save(scenes / "a.png")
+    Image.fromarray(rgb(64, 64, seed=19)).save(scenes / "b.png")
+    (masks / "b.png").write_bytes(b"older mask")
+    assert cli(model_dir, scenes, masks) == 2
+    err = capsys.readouterr().err
+    assert "b.png" in err and "--overwrite" in err
+    assert sorted(p.name for p in masks.iterdir()) == ["b.png"] and (masks / "b.png").read_bytes() == b"older mask"
+    assert cli(model_dir, scenes, masks, "--overwrite") == 0
+    assert sorted(p.name for p in masks.iterdir()) == ["a.png", "b.png"]
+
+
+def test_segment_file_refuses_its_own_input(model, tmp_path):
+    source = tmp_path / "scene.png"
+    Image.fromarray(rgb(64, 64, seed=20)).save(source)
+    kept = source.read_bytes()
+    with pytest.raises(ValueError, match=r"scene\.png.*input"):
+        segment_file(model, source, source, "loveda", window=64, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match=r"mask\.png.*exists.*overwrite"):
+        (tmp_path / "mask.png").write_bytes(b"x")
+        segment_file(model, source, tmp_path / "mask.png", "loveda", window=64, progress=False)
+    assert source.read_bytes() == kept and (tmp_path / "mask.png").read_bytes() == b"x"
+
+
+def test_cli_default_output_goes_to_the_current_folder_never_into_the_package(model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    from s5_hf import sample_data
+
+    sample = sample_data.path("SOAP_031.png")
+    package = sample.parent
+    kept = sample.read_bytes()
+    # The only package files these runs could write (others may appear in a shared checkout meanwhile).
+    candidates = [package / "SOAP_031_mask.png", package / "mask.png"]
+    assert not any(path.exists() for path in candidates)
+    try:
+        monkeypatch.chdir(tmp_path)
+        assert cli(model_dir, sample, window=400) == 0  # the 400 px sample in one window
+        assert (tmp_path / "SOAP_031_mask.png").is_file()
+        # An explicit output inside the installed package is refused, naming it.
+        monkeypatch.chdir(package)
+        assert cli(model_dir, sample, package / "mask.png") == 2
+        assert "mask.png" in capsys.readouterr().err
+        assert cli(model_dir, sample) == 2  # the default (current folder) is inside the package here
+    finally:
+        written = [path for path in candidates if path.exists()]
+        for path in written:
+            path.unlink()  # a failing run must not leave masks inside the package
+    assert written == [] and sample.read_bytes() == kept
+
+
+def test_cli_list_tasks_needs_no_input_and_flags_have_snake_case_aliases(model_dir, tmp_path, capsys):
+    assert main(["--list-tasks", "--model", str(model_dir)]) == 0
+    assert "potsdam: " in capsys.readouterr().out
+    assert main(["--list_tasks", "--model", str(model_dir)]) == 0
+    assert "loveda: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(model_dir)])
+    assert exit_.value.code == 2 and "input" in capsys.readouterr().err
+    source = tmp_path / "scene.png"
+    Image.fromarray(rgb(64, 64, seed=21)).save(source)
+    assert main([str(source), str(tmp_path / "m.png"), "--model", str(model_dir), "--batch_size", "2",
+                 "--no_progress", "--window", "64", "--rescale_factor", "1/255"]) == 0

@@ -26,6 +26,19 @@ def test_counts_are_within_0_1m_of_the_paper(preset, variant):
 def test_script_prints_the_table(capsys):
     from s5_hf.params import main
 
-    main()
+    assert main([]) == 0
     out = capsys.readouterr().out
     assert "160,402,206" in out and "vs four single models" in out
+    assert main(["--preset", "vit-b"]) == 0
+    out = capsys.readouterr().out
+    assert "160,402,206" in out and "435,012,126" not in out
+
+
+def test_help_prints_usage_not_the_table(capsys):
+    from s5_hf.params import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: s5-params") and "160,402,206" not in out
+
