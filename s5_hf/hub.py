@@ -7,8 +7,12 @@
 A model folder is checked before anything is uploaded: it must hold safetensors weights only (no pickled
 `.bin`/`.pth` files), `config.json`, `preprocessor_config.json` and the model code that `save_pretrained` copies
 for `trust_remote_code` (with every relative import it needs); it must load with `from_pretrained`, have at
-least one task, and run a forward pass for every task on a small dummy input. Then one commit uploads those
-files plus the model card (`README.md`). A dataset folder (Parquet shards under `data/` plus the `README.md`
+least one task, and run a forward pass for every task on a small dummy input. A model trained with LoRA
+(`training/finetune_mdf.py --lora`) also has `lora/<task>/` adapters: one per task, each loading with PEFT and
+running its task; they are uploaded too and the card says how to load them. A released model's card
+(`--card s5-vit-b-mdf`, ...) is accepted only for the converted official weights: the folder's weight digest
+must equal the one the converter recorded (`official_conversion.json`), or the released model's pinned one.
+Then one commit uploads those files plus the model card (`README.md`). A dataset folder (Parquet shards under `data/` plus the `README.md`
 card, as written by the RS4P pipeline) must load with `datasets` in streaming mode before it is uploaded.
 
 The Hub endpoint and token come from the usual `HF_ENDPOINT` / `HF_TOKEN` settings, or pass an `HfApi`.
@@ -28,7 +32,14 @@ from pathlib import Path
 import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, ModelCard
 
-from .model_card import RELEASED_MODELS, build_model_card, released_card, validate_card_text
+from .convert_official import CONVERSION_RECORD, read_conversion_record, weights_sha256
+from .model_card import (
+    OFFICIAL_WEIGHTS_STATEMENT,
+    RELEASED_MODELS,
+    build_model_card,
+    released_card,
+    validate_card_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +49,24 @@ MODEL_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 DATASET_PATTERNS = ["README.md", "data/**", "*.parquet", "*.json", "*.jsonl", "*.png"]
 STALE_DATASET_PATTERNS = ["data/**", "*.parquet"]
+LORA_FOLDER = "lora"  # s5_hf.lora.ADAPTER_FOLDER (not imported here: that module needs peft)
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class PublishError(ValueError):
     """The folder cannot be published as it is; the message says what is wrong and how to fix it."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if the Hub accepts it ("name" or "namespace/name"); PublishError otherwise, before any check or
+    upload starts."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise PublishError(f"Invalid Hub repo id {repo_id!r}: {error}") from None
+    return repo_id
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,29 +164,142 @@ def check_model_folder(folder: str | os.PathLike):
     return model
 
 
+def lora_adapter_files(folder: str | os.PathLike) -> list[str]:
+    """The adapter files of a LoRA-trained model folder (`lora/<task>/adapter_config.json` and
+    `adapter_model.safetensors`, paths relative to `folder`); [] when it has no `lora/` folder."""
+    root = Path(folder) / LORA_FOLDER
+    if not root.is_dir():
+        return []
+    return sorted(f"{LORA_FOLDER}/{task.name}/{name}" for task in root.iterdir() if task.is_dir() for name in LORA_FILES
+                  if (task / name).is_file())
+
+
+def check_lora_adapters(folder: str | os.PathLike, config) -> list[str]:
+    """Check the `lora/<task>/` adapters of a model folder: exactly one per task of `config`, each with its config
+    and safetensors weights, all loading with PEFT onto the folder's model and running their task. Returns the
+    task names ([] without a `lora/` folder); raises PublishError naming the problem."""
+    folder = Path(folder)
+    root = folder / LORA_FOLDER
+    if not root.exists():
+        return []
+    adapters = sorted(p.name for p in root.iterdir() if p.is_dir())
+    tasks = list(config.task_names)
+    if sorted(adapters) != sorted(tasks):
+        raise PublishError(
+            f"{root} has adapters {adapters} but the model's tasks are {tasks}: every task needs exactly one "
+            f"adapter (lora/<task>/), as training/finetune_mdf.py --lora writes them."
+        )
+    incomplete = [f"{LORA_FOLDER}/{task}/{name}" for task in tasks for name in LORA_FILES
+                  if not (root / task / name).is_file()]
+    if incomplete:
+        raise PublishError(f"{folder} lacks the adapter files {incomplete}.")
+    try:
+        from .lora import S5LoRAModel
+
+        model = S5LoRAModel.from_pretrained(folder)
+        size = 4 * config.patch_size
+        dummy = torch.zeros(1, config.num_channels, size, size)
+        with torch.no_grad():
+            for spec in config.tasks:
+                logits = model(dummy, task=spec["name"]).logits
+                if tuple(logits.shape) != (1, len(spec["id2label"]), size, size) or not torch.isfinite(logits).all():
+                    raise ValueError(f"task {spec['name']!r} gives logits of shape {tuple(logits.shape)} or "
+                                     f"non-finite values")
+    except Exception as error:  # any failure means the published adapters would not load or run
+        raise PublishError(f"{root}: the LoRA adapters do not load and run with the model: "
+                           f"{type(error).__name__}: {error}") from error
+    return tasks
+
+
 def _architecture(config) -> dict:
     return {"hidden_size": config.hidden_size, "layers": config.num_hidden_layers, "tasks": config.task_names,
             "expert_features": config.part_features if config.use_experts else 0}
 
 
-def resolve_card(card: str | os.PathLike | ModelCard | None, config, repo_id: str) -> ModelCard:
+def check_official_weights(folder: str | os.PathLike, model) -> str:
+    """Check that `folder` holds the converted official weights of the released model `model` (a ReleasedModel);
+    returns their digest (`weights_sha256`). A released card states the paper's results and that the weights are
+    the official checkpoint: any other weights of the same shape (random, fine-tuned) are refused."""
+    folder = Path(folder)
+    digest = weights_sha256(folder)
+    name = model.name
+    if getattr(model, "weights_sha256", None):
+        if digest != model.weights_sha256:
+            raise PublishError(
+                f"Card {name!r} is the card of the released official checkpoint, whose converted weights have "
+                f"digest {model.weights_sha256}; the weights in {folder} have {digest}. Publish them with a card of "
+                f"their own (omit --card, or pass a Markdown file)."
+            )
+        return digest
+    try:
+        record = read_conversion_record(folder)
+    except ValueError as error:
+        raise PublishError(str(error)) from None
+    if record is None:
+        raise PublishError(
+            f"Card {name!r} says the weights are the official checkpoint converted, but {folder} has no "
+            f"{CONVERSION_RECORD} (written by s5-convert-official): these are not converted official weights. "
+            f"Publish them with a card of their own (omit --card, or pass a Markdown file)."
+        )
+    if record["weights_sha256"] != digest:
+        raise PublishError(
+            f"Card {name!r} needs the converted official weights, but the weights in {folder} (digest {digest}) "
+            f"are not those {CONVERSION_RECORD} records ({record['weights_sha256']}): they were changed or "
+            f"replaced after the conversion."
+        )
+    return digest
+
+
+def resolve_card(card: str | os.PathLike | ModelCard | None, config, repo_id: str,
+                 folder: str | os.PathLike | None = None, lora_adapters: Sequence[str] = ()) -> ModelCard:
     """The card to publish: a `ModelCard`, a released model's name (`s5-vit-b-mdf`, ...), a Markdown file, or None
-    for a card generated from the configuration (without results)."""
-    if isinstance(card, ModelCard):
-        return card
-    if card is None:
-        return build_model_card(config, repo_id)
+    for a card generated from the configuration (without results).
+
+    A released model's card needs `folder`, whose weights must be the converted official ones (see
+    `check_official_weights`). With `lora_adapters` (tasks), a generated card describes the adapters, a released
+    card is refused (the official models have none) and a given card must mention them (`lora/`).
+    """
+    if isinstance(card, ModelCard) or card is None or str(card) not in {m.name for m in RELEASED_MODELS}:
+        if isinstance(card, ModelCard):
+            resolved = card
+        elif card is None:
+            resolved = build_model_card(config, repo_id, lora_adapters=lora_adapters)
+        else:
+            path = Path(card)
+            if not path.is_file():
+                raise PublishError(f"Card {card!r} is neither a file nor a released model "
+                                   f"({', '.join(m.name for m in RELEASED_MODELS)}).")
+            resolved = ModelCard.load(path)
+        if OFFICIAL_WEIGHTS_STATEMENT in str(resolved):
+            # A released model's card given as a file (e.g. model_cards/s5-vit-b-mdf.md): the same weights check.
+            same = [m for m in RELEASED_MODELS if _architecture(m.config()) == _architecture(config)]
+            if not same:
+                raise PublishError(
+                    f"The given card says {OFFICIAL_WEIGHTS_STATEMENT.lower()!r}, but no released model has this "
+                    f"model's architecture {_architecture(config)}."
+                )
+            if folder is None:
+                raise PublishError("A card about the official weights can only be checked against a model folder.")
+            check_official_weights(folder, same[0])
+        if lora_adapters and f"{LORA_FOLDER}/" not in str(resolved):
+            raise PublishError(
+                f"The model has LoRA adapters ({', '.join(lora_adapters)}) but the given card "
+                f"does not mention them (no '{LORA_FOLDER}/'): say that results need the adapters and how to load "
+                f"them, or let s5-publish generate the card."
+            )
+        return resolved
     released = {m.name: m for m in RELEASED_MODELS}
-    if str(card) in released:
-        model = released[str(card)]
-        expected, got = _architecture(model.config()), _architecture(config)
-        if expected != got:
-            raise PublishError(f"Card {card!r} describes {expected} but the folder's model is {got}.")
-        return released_card(model, repo_id)
-    path = Path(card)
-    if not path.is_file():
-        raise PublishError(f"Card {card!r} is neither a file nor a released model ({', '.join(released)}).")
-    return ModelCard.load(path)
+    model = released[str(card)]
+    expected, got = _architecture(model.config()), _architecture(config)
+    if expected != got:
+        raise PublishError(f"Card {card!r} describes {expected} but the folder's model is {got}.")
+    if lora_adapters:
+        raise PublishError(f"Card {card!r} is the card of the released official checkpoint, which has no LoRA "
+                           f"adapters; this folder has adapters for {list(lora_adapters)}.")
+    if folder is None:
+        raise PublishError(f"Card {card!r} can only be checked against a model folder's weights.")
+    digest = check_official_weights(folder, model)
+    return released_card(model, repo_id, weights_sha256=digest)
 
 
 def publish_model(
@@ -179,16 +317,24 @@ def publish_model(
 
     Returns `{"repo_id", "files", "commit_url"}` (`commit_url` is None with `dry_run`).
     """
+    check_repo_id(repo_id)
     folder = Path(folder)
     model = check_model_folder(folder)
-    model_card = resolve_card(card, model.config, repo_id)
-    validate_card_text(str(model_card))
+    adapters = check_lora_adapters(folder, model.config)
+    model_card = resolve_card(card, model.config, repo_id, folder=folder, lora_adapters=adapters)
+    try:
+        validate_card_text(str(model_card))
+    except ValueError as error:
+        raise PublishError(f"The model card is not valid: {error}") from None
+    record = [CONVERSION_RECORD] if (folder / CONVERSION_RECORD).is_file() else []
     files = sorted(
         {p.name for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)}
         | set(MODEL_FILES)
         | set(remote_code_files(folder))
-    )
-    skipped = sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != "README.md")
+        | set(record)
+    ) + lora_adapter_files(folder)
+    skipped = sorted(p.name for p in folder.iterdir()
+                     if p.name not in files and p.name not in ("README.md", LORA_FOLDER))
     if skipped:
         logger.info("Not uploaded (not part of a model repo): %s", skipped)
     result = {"repo_id": repo_id, "files": files + ["README.md"], "commit_url": None, "card": str(model_card)}
@@ -198,9 +344,11 @@ def publish_model(
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(model_card).encode()))
+    # Weights, and adapters of an earlier LoRA upload, that this upload does not replace would load with it.
     stale = [
         name for name in api.list_repo_files(repo_id, repo_type="model")
-        if name not in files and (name.endswith(WEIGHT_SUFFIXES) or name.endswith(PICKLE_SUFFIXES))
+        if name not in files and (name.endswith(WEIGHT_SUFFIXES) or name.endswith(PICKLE_SUFFIXES)
+                                  or name.startswith(f"{LORA_FOLDER}/") or name == CONVERSION_RECORD)
     ]
     operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
     commit = api.create_commit(
@@ -258,6 +406,7 @@ def publish_dataset(
     """Check `folder` (see `check_dataset_folder`) and upload its card, Parquet shards and reports (JSON/PNG) to the
     dataset repo `repo_id` in one commit, which also deletes the repo's data files this upload does not replace.
     Returns `{"repo_id", "splits", "commit_url"}`."""
+    check_repo_id(repo_id)
     splits = check_dataset_folder(folder)
     result = {"repo_id": repo_id, "splits": sorted(splits), "commit_url": None}
     if dry_run:
@@ -304,7 +453,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = publish_dataset(args.folder, args.repo_id, private=args.private,
                                      commit_message=args.message, dry_run=args.dry_run)
     except PublishError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except Exception as error:  # the Hub refused (no token, no permission, ...): one line, no traceback
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if not isinstance(error, HfHubHTTPError):
+            raise
+        print(f"{parser.prog}: error: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     return 0
@@ -313,7 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "PublishError",
     "check_dataset_folder",
+    "check_lora_adapters",
     "check_model_folder",
+    "check_official_weights",
+    "check_repo_id",
+    "lora_adapter_files",
     "publish_dataset",
     "publish_model",
     "remote_code_files",

@@ -54,6 +54,8 @@ DATASETS = {  # task -> (dataset id used in the metadata, pretty name)
     "loveda": ("loveda", "LoveDA"),
 }
 RS4P_DATASET = "rs4p-1m"
+# What a released model's card says of its weights; s5-publish accepts a card saying it only with those weights.
+OFFICIAL_WEIGHTS_STATEMENT = "The weights are the official checkpoint converted"
 ISPRS_NOTE = (
     "**About the ISPRS numbers.** The official evaluation code has ignore id 5 (clutter) equal to the class count, "
     "so its confusion histogram counts every clutter pixel as a correctly classified *car* pixel. This inflates "
@@ -80,6 +82,9 @@ class ReleasedModel:
 
     preset: str  # "vit-b" | "vit-l" | "vit-h"
     stage: str  # "s4p" | "mdf"
+    # `s5_hf.convert_official.weights_sha256` of the converted official checkpoint, once recorded here. Until then
+    # s5-publish ties the card to the digest that the converter wrote beside the weights (official_conversion.json).
+    weights_sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -195,11 +200,14 @@ def build_model_card(
     results_intro: str | None = None,
     base_model: str | None = None,
     extra_limitations: Sequence[str] = (),
+    lora_adapters: Sequence[str] = (),
 ) -> ModelCard:
     """Render the card of an S5 model with configuration `config`, published as `repo_id`.
 
     `eval_results` fill `model-index` and the results table; pass only measured or cited numbers (each with its
     `source_name`/`source_url`). `stage` ("s4p" | "mdf" | None) selects the training description.
+    `lora_adapters`: the tasks whose PEFT LoRA adapters the repository holds in `lora/<task>/` (a model trained
+    with `--lora`); the card then says that its results need them and how to load them.
     """
     preset = preset_of(config)
     count = parameter_count(config)
@@ -208,6 +216,8 @@ def build_model_card(
     if stage == "s4p":
         datasets.append(RS4P_DATASET)
     tags = BASE_TAGS + (["mixture-of-experts", "multi-dataset"] if config.use_experts else [])
+    if lora_adapters:
+        tags = tags + ["lora", "peft"]
     eval_results = list(eval_results or [])
     card_data = ModelCardData(
         license="apache-2.0",
@@ -256,23 +266,28 @@ def build_model_card(
         results_intro=results_intro or "",
         isprs_note=ISPRS_NOTE if any(r.dataset_type.startswith("isprs-") for r in eval_results) else None,
         repo_id=repo_id,
+        lora_adapters=list(lora_adapters),
         training=_training_text(stage),
         limitations=list(COMMON_LIMITATIONS) + list(extra_limitations),
         citation=CITATION,
     )
 
 
-def released_card(model: ReleasedModel, repo_id: str | None = None) -> ModelCard:
+def released_card(model: ReleasedModel, repo_id: str | None = None, weights_sha256: str | None = None) -> ModelCard:
     """The card of a released (converted official) checkpoint published as `repo_id` (default
-    `s5/<model.name>`); an MDF card names the S4P model of the same size in that namespace as its base."""
+    `s5/<model.name>`); an MDF card names the S4P model of the same size in that namespace as its base.
+    `weights_sha256` (the published weights' digest, checked by s5-publish) is stated in the card."""
     repo_id = repo_id or f"{DEFAULT_NAMESPACE}/{model.name}"
     namespace = repo_id.split("/")[0] if "/" in repo_id else DEFAULT_NAMESPACE
     size = model.preset[-1].upper()
     converted = (
-        "The weights are the official checkpoint converted with `s5-convert-official` (key renaming and the split "
+        f"{OFFICIAL_WEIGHTS_STATEMENT} with `s5-convert-official` (key renaming and the split "
         "of the packed attention projection; no retraining). The converter's tests reproduce the official "
         "implementation's logits."
     )
+    if weights_sha256:
+        converted += (f" Digest of the converted weights (`s5_hf.convert_official.weights_sha256`, also in "
+                      f"`official_conversion.json`): `{weights_sha256}`.")
     if model.stage == "s4p":
         return build_model_card(
             model.config(),
@@ -373,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "OFFICIAL_WEIGHTS_STATEMENT",
     "RELEASED_MODELS",
     "ReleasedModel",
     "build_model_card",

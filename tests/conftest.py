@@ -1,6 +1,15 @@
-"""Test-wide settings: nothing may reach the network; uploads to the loopback Hub must not use Xet."""
+"""Test-wide settings: nothing may reach the network; uploads to the loopback Hub must not use Xet.
+
+Also the one `hub` fixture: a loopback Hub stand-in (tests/hub_server.py) of its own for each test, with the client
+libraries pointed at it. pytest puts this folder on sys.path (rootdir-relative "prepend" import of conftest.py),
+so test files import the server as `from hub_server import LocalHub`.
+"""
 
 import os
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -12,3 +21,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import datasets  # noqa: E402
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0.2
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:  # `import hub_server` also under --import-mode=importlib
+    sys.path.insert(0, _TESTS)
+
+from hub_server import LocalHub  # noqa: E402
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A running LocalHub with huggingface_hub, transformers and datasets pointed at it (and a fresh HF_HOME)."""
+    with LocalHub(tmp_path / "hub") as server:
+        server.patch_env(monkeypatch, tmp_path / "hf_home")
+        yield server
+        # Nothing may have tried another host, nor a route the stand-in lacks.
+        assert server.blocked == []
+        assert server.unhandled == []

@@ -12,17 +12,31 @@ import torch
 from safetensors.torch import load_file
 
 from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import convert_official
 from s5_hf.convert_official import (
+    CONVERSION_RECORD,
     ConversionError,
+    _official_name,
+    _rename,
+    convert_official_checkpoint,
     convert_official_state_dict,
+    from_official,
     load_official_state_dict,
     main,
+    read_conversion_record,
+    tensors_sha256,
+    weights_sha256,
 )
 from s5_hf.label_sets import MDF_TASKS
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "official-small"
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
-# Outside CI a checkout without ../shared skips these; CI always has it beside the clone, so there it must not skip.
+_TESTS = Path(__file__).resolve().parent
+# The repository's copy of the official test vectors, else the shared one beside the clone.
+GOLDEN = next((path for path in (_TESTS / "data" / "golden" / "official-small", _TESTS / "data" / "golden",
+                                 _TESTS.parents[1] / "shared" / "golden" / "official-small")
+               if (path / "s4p_official_state_dict.safetensors").is_file()),
+              _TESTS.parents[1] / "shared" / "golden" / "official-small")
+SPEC = Path(__file__).resolve().parent / "data" / "spec"  # the repository's copy of the official key lists
+# The vectors are part of the repository (tests/data): CI must never skip these tests.
 if os.environ.get("CI") and not GOLDEN.is_dir():
     raise FileNotFoundError(f"CI needs the official golden vectors at {GOLDEN}.")
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden vectors not found at {GOLDEN}")
@@ -189,3 +203,166 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a pickle")
     with pytest.raises(ConversionError, match="junk.pth"):
         load_official_state_dict(tmp_path / "junk.pth")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Incomplete or damaged checkpoints: errors name the missing keys or the file; the CLI prints one line
+# ----------------------------------------------------------------------------------------------------------------
+def golden_state(kind: str) -> dict[str, torch.Tensor]:
+    return load_file(GOLDEN / f"{kind}_official_state_dict.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["s4p", "mdf"])
+def test_missing_weights_are_named_by_their_official_keys(kind):
+    # _official_name inverts _rename for every key of both official layouts.
+    config, _ = convert_official_state_dict(golden_state(kind), **small_kwargs())
+    if kind == "s4p":
+        decoders, heads = {"semsegdecoder": 0}, {"semseghead": 0}
+    else:
+        decoders = {("semsegdecoder" if t == "vaihingen" else f"semsegdecoder_{convert_official._official_suffix(t)}"): i
+                    for i, t in enumerate(config.task_names)}
+        heads = {f"semseghead_{convert_official._official_suffix(t)}": i for i, t in enumerate(config.task_names)}
+    for key in golden_state(kind):
+        new = _rename(key, decoders, heads)
+        if new is not None:
+            assert _official_name(new, decoders, heads) == key
+
+
+@pytest.mark.parametrize("kind,drop,expected", [
+    # Formerly "max() arg is an empty sequence".
+    ("s4p", r"encoder\.layers\.", "no transformer blocks"),
+    ("mdf", r"encoder\.layers\.2\.", r"lacks every key of blocks \[2\]"),
+    ("s4p", r"semsegdecoder\.decode_head\.psp_modules\.", "no pyramid pooling branches"),
+    ("mdf", r"semsegdecoder\w*\.decode_head\.psp_modules\.3\.", "pooling branches \\[0, 1, 2\\]"),
+    # Formerly a bare KeyError.
+    ("s4p", r"encoder\.layers\.0\.ffn\.layers\.0\.0\.weight$", r"lacks 1 weights.*'encoder\.layers\.0\.ffn\.layers\.0\.0\.weight'"),
+    ("mdf", r"encoder\.layers\.\d\.ffn\.layers\.0\.0\.", "no FFN weights"),
+    ("s4p", r"semsegdecoder\.decode_head\.bottleneck\.conv\.weight$", r"'semsegdecoder\.decode_head\.bottleneck\.conv\.weight'"),
+    ("mdf", r"encoder\.layers\.1\.attn\.attn\.in_proj_bias$", r"'encoder\.layers\.1\.attn\.attn\.in_proj_bias'"),
+    ("s4p", r"encoder\.pos_embed$", "lacks 'encoder.pos_embed'"),
+    ("mdf", r"semseghead_loveda\.1\.weight$", r"'semseghead_loveda\.1\.weight'"),
+])
+def test_incomplete_checkpoints_name_what_is_missing(kind, drop, expected):
+    state = {k: v for k, v in golden_state(kind).items() if not re.match(drop, k)}
+    with pytest.raises(ConversionError, match=expected):
+        convert_official_state_dict(state, **small_kwargs())
+
+
+def test_wrong_shapes_are_named():
+    state = golden_state("mdf")
+    state["encoder.layers.1.ffn.layers.1.weight"] = torch.zeros(48, 100)
+    state["encoder.layers.3.attn.attn.in_proj_weight"] = torch.zeros(191, 64)
+    with pytest.raises(ConversionError, match=r"Shape mismatches.*in_proj_weight: \(191, 64\).*") as error:
+        convert_official_state_dict(state, **small_kwargs())
+    assert "encoder.layers.1.ffn.layers.1.weight: (48, 100), expected (48, 256)" in str(error.value)
+    state = golden_state("s4p")
+    state["encoder.pos_embed"] = torch.zeros(64, 64)
+    with pytest.raises(ConversionError, match=r"encoder.pos_embed has shape \(64, 64\)"):
+        convert_official_state_dict(state, **small_kwargs())
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+    data = (GOLDEN / "s4p_official_state_dict.safetensors").read_bytes()
+    truncated = tmp_path / "s4p_truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="s4p_truncated.safetensors"):
+        load_official_state_dict(truncated)
+
+
+def cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s5-convert-official: error: ") and err.count("\n") == 1, err  # one line
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    state = golden_state("mdf")
+    del state["encoder.layers.2.ffn.experts.1.bias"]
+    broken = tmp_path / "broken.pth"
+    torch.save({"model": state}, broken)
+    out = tmp_path / "out"
+    assert "encoder.layers.2.ffn.experts.1.bias" in cli_error([str(broken), str(out)] + _cli_kwargs(), capsys)
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(broken.read_bytes()[:5000])
+    assert "cut.pth" in cli_error([str(truncated), str(out)] + _cli_kwargs(), capsys)
+    assert "missing.pth" in cli_error([str(tmp_path / "missing.pth"), str(out)], capsys)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken.pth", "cut.pth"]
+
+
+def _cli_kwargs() -> list[str]:
+    return ["--num-attention-heads", "2", "--out-indices", "1,2,3,4"]
+
+
+def test_conversion_record_holds_the_weights_digest(tmp_path):
+    out = tmp_path / "converted"
+    model = convert_official_checkpoint(GOLDEN / "mdf_official_state_dict.safetensors", out, **small_kwargs())
+    record = read_conversion_record(out)
+    assert record["weights_sha256"] == weights_sha256(out) == tensors_sha256(model.state_dict())
+    assert record["source"] == {"file": "mdf_official_state_dict.safetensors"} and record["tasks"] == list(MDF_TASKS)
+    # One changed value changes the digest.
+    state = model.state_dict()
+    state["classifiers.0.1.bias"] = state["classifiers.0.1.bias"] + 1e-6
+    assert tensors_sha256(state) != record["weights_sha256"]
+    # Converting again replaces the folder; a folder holding anyone else's files is refused, untouched.
+    convert_official_checkpoint(GOLDEN / "s4p_official_state_dict.safetensors", out, **small_kwargs())
+    assert read_conversion_record(out)["tasks"] == ["isaid"]
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ConversionError, match=r"notes\.txt"):
+        convert_official_checkpoint(GOLDEN / "mdf_official_state_dict.safetensors", out, **small_kwargs())
+    assert sorted(p.name for p in out.iterdir()) == before and read_conversion_record(out)["tasks"] == ["isaid"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# from_official: download from a Hub repo, convert, cache (against the loopback Hub)
+# ----------------------------------------------------------------------------------------------------------------
+def test_from_official_downloads_converts_and_caches(hub, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo("lianglyu/S5")
+    state = golden_state("mdf")
+    checkpoint = tmp_path / "s5_small_mdf.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 100}, checkpoint)
+    commit = api.upload_file(path_or_fileobj=str(checkpoint), path_in_repo="s5_small_mdf.pth",
+                             repo_id="lianglyu/S5").oid
+
+    conversions = []
+    original = convert_official.convert_official_checkpoint
+    monkeypatch.setattr(convert_official, "convert_official_checkpoint",
+                        lambda *a, **k: conversions.append(a) or original(*a, **k))
+    hub.clear_requests()
+    model = from_official("lianglyu/S5", "s5_small_mdf.pth", **small_kwargs())
+    assert len(conversions) == 1 and hub.count("GET", "/resolve/") == 1
+    io = load_file(GOLDEN / "mdf_io.safetensors")
+    with torch.no_grad():
+        for task in MDF_TASKS:
+            logits = model(io["pixel_values"], task=task).logits
+            assert (logits - io[f"logits_{task}"]).abs().max().item() <= 1e-4
+    folder = convert_official.converted_cache_folder("lianglyu/S5", "s5_small_mdf.pth", commit, **{
+        "num_attention_heads": 2, "out_indices": [1, 2, 3, 4]})
+    assert read_conversion_record(folder)["source"] == {"repo_id": "lianglyu/S5", "filename": "s5_small_mdf.pth",
+                                                        "commit": commit}
+
+    # Second call: the cached conversion, without converting or downloading the checkpoint again.
+    hub.clear_requests()
+    again = from_official("lianglyu/S5", "s5_small_mdf.pth", **small_kwargs())
+    assert len(conversions) == 1 and hub.count("GET", "/resolve/") == 0  # (a HEAD resolves the commit)
+    from_official("lianglyu/S5", "s5_small_mdf.pth", revision=commit, **small_kwargs())
+    assert len(conversions) == 1 and hub.count("GET", "/resolve/") == 0
+    with torch.no_grad():
+        torch.testing.assert_close(again(io["pixel_values"], task="loveda").logits,
+                                   model(io["pixel_values"], task="loveda").logits, rtol=0, atol=0)
+
+    # The command line: the same download into a folder of the user's choice.
+    out = tmp_path / "cli"
+    main(["--repo-id", "lianglyu/S5", "--filename", "s5_small_mdf.pth", str(out), *_cli_kwargs()])
+    assert read_conversion_record(out)["weights_sha256"] == read_conversion_record(folder)["weights_sha256"]
+    capsys.readouterr()  # progress bars so far
+    assert "missing.pth" in cli_error(["--repo-id", "lianglyu/S5", "--filename", "missing.pth",
+                                       str(tmp_path / "none")], capsys)
+    assert not (tmp_path / "none").exists()

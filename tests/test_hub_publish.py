@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -122,16 +123,7 @@ def test_dataset_folder_checks(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # Publish -> download round trips against the loopback Hub stand-in
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from s5_hf.testing import LocalHub
-
-    with LocalHub(tmp_path / "hub") as hub:
-        hub.patch_env(monkeypatch, tmp_path / "hf_home")
-        yield hub
-        assert hub.blocked == [] and hub.unhandled == []  # nothing tried another host or an unknown route
-
-
+# The `hub` fixture (tests/conftest.py) serves a LocalHub of its own for each test.
 def test_published_model_loads_back_with_its_card_and_code(saved, hub, tmp_path):
     from huggingface_hub import HfApi, ModelCard
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -221,3 +213,228 @@ def test_republishing_a_dataset_replaces_its_shards(hub, tmp_path):
     assert len(shards) == 3 and all(f.endswith("-of-00003.parquet") for f in shards)
     streamed = datasets.load_dataset("local-user/shards", split="train", streaming=True)
     assert sorted(row["id"] for row in streamed) == rows["id"][:3]
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RS4P --push_to_hub goes through publish_dataset: a second push replaces the first one's shards
+# ----------------------------------------------------------------------------------------------------------------
+def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+    from huggingface_hub import HfApi
+
+    from s5_hf.data.shards import to_parquet_shards
+    from s5_hf.rs4p.pipeline import _push
+
+    PartialState()  # the pipeline logs through accelerate
+    args = SimpleNamespace(hub_model_id="local-user/rs4p-twice", hub_private=False)
+    path, rows = tiny_dataset_folder(tmp_path / "dataset")  # 2 shards
+    _push(args, path)
+    assert len([f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+                if f.endswith(".parquet")]) == 2
+    # A new selection (other rows) in 3 shards.
+    features = datasets.load_dataset(str(path), split="train").features
+    new = {**rows, "id": [f"new-{i}" for i in range(6)]}
+    to_parquet_shards(datasets.Dataset.from_dict(new, features=features), path, min_shards=3, label_set="isaid",
+                      card={"pretty_name": "tiny RS4P"}, overwrite=True)
+    _push(args, path)
+    shards = sorted(f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+                    if f.endswith(".parquet"))
+    assert shards == sorted(p.relative_to(path).as_posix() for p in path.rglob("*.parquet")) and len(shards) == 3
+    streamed = [row["id"] for row in datasets.load_dataset(args.hub_model_id, split="train", streaming=True)]
+    assert sorted(streamed) == new["id"]  # the new rows, each once
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA-trained models: the adapters are checked, uploaded and described by the card
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_saved(tmp_path_factory):
+    from s5_hf.lora import add_lora_adapters
+
+    torch.manual_seed(0)
+    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
+                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=0, tasks=["potsdam", "loveda"])
+    model = add_lora_adapters(S5ForSemanticSegmentation(config), r=4)
+    with torch.no_grad():  # trained adapters are not the identity (lora_B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.2)
+    model.eval()
+    path = tmp_path_factory.mktemp("lora-publish") / "model"
+    model.save_pretrained(path)
+    S5ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture
+def lora_folder(lora_saved, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(lora_saved[0], copy)
+    return copy
+
+
+LORA_FILES = [f"lora/{task}/{name}" for task in ("loveda", "potsdam")
+              for name in ("adapter_config.json", "adapter_model.safetensors")]
+
+
+def test_lora_model_is_published_with_its_adapters(lora_saved, hub, tmp_path):
+    from huggingface_hub import HfApi, ModelCard, snapshot_download
+    from peft import PeftModel
+
+    from s5_hf.lora import S5LoRAModel
+    from s5_hf.train_loop import _publish
+
+    path, model = lora_saved
+    folder = tmp_path / "run" / "model"
+    shutil.copytree(path, folder)
+    result = SimpleResult("loveda", 0.5, split="test")
+    assert _publish(folder, "local-user/lora-s5", stage="mdf", results=[result], run_summary="Measured with the "
+                    "adapters.", private=False)
+    files = HfApi().list_repo_files("local-user/lora-s5")
+    assert set(LORA_FILES) <= set(files) and "model.safetensors" in files
+    card = ModelCard.load("local-user/lora-s5")
+    assert "## LoRA adapters" in card.text and "`lora/potsdam/`" in card.text and "lora" in card.data.tags
+    assert [(r.dataset_name, r.dataset_split, r.metric_value) for r in card.data.eval_results] == [("LoveDA", "test", 50.0)]
+
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixels, task="loveda").logits
+        loaded = S5LoRAModel.from_pretrained(snapshot_download("local-user/lora-s5"))
+        torch.testing.assert_close(loaded(pixels, task="loveda").logits, expected)
+        # The card's PEFT-only route: base model from the repo, the adapter from its subfolder.
+        base = S5ForSemanticSegmentation.from_pretrained("local-user/lora-s5").eval()
+        without = base(pixels, task="loveda").logits
+        peft_model = PeftModel.from_pretrained(base, "local-user/lora-s5", subfolder="lora/loveda",
+                                               adapter_name="loveda").eval()
+        torch.testing.assert_close(peft_model(pixels, task="loveda").logits, expected)
+    assert (without - expected).abs().max() > 1e-3  # the adapters matter: without them the results do not hold
+
+    # Published again without adapters (a plain model): the earlier adapters are deleted, not left to load.
+    shutil.rmtree(folder / "lora")
+    publish_model(folder, "local-user/lora-s5")
+    assert not [f for f in HfApi().list_repo_files("local-user/lora-s5") if f.startswith("lora/")]
+
+
+class SimpleResult:
+    """What train_loop._publish reads of an evaluation result."""
+
+    def __init__(self, task: str, value: float, split: str | None = None):
+        from types import SimpleNamespace
+
+        self.task, self.reported, self.split = task, value, split
+        self.protocol = SimpleNamespace(metric="mean_iou")
+
+
+def test_lora_adapters_are_checked(lora_folder):
+    result = publish_model(lora_folder, "someone/lora", dry_run=True)
+    assert set(LORA_FILES) <= set(result["files"]) and "lora/README.md" not in result["files"]
+    assert "## LoRA adapters" in result["card"]
+    card = lora_folder.parent / "card.md"
+    card.write_text(publish_model(lora_folder, "someone/lora", dry_run=True)["card"].replace("lora/", "adapters/"))
+    with pytest.raises(PublishError, match=r"LoRA adapters \(potsdam, loveda\) but the given card does not mention"):
+        publish_model(lora_folder, "someone/lora", card=str(card), dry_run=True)
+    shutil.rmtree(lora_folder / "lora" / "potsdam")
+    with pytest.raises(PublishError, match=r"adapters \['loveda'\] but the model's tasks are \['potsdam', 'loveda'\]"):
+        publish_model(lora_folder, "someone/lora", dry_run=True)
+
+
+def test_lora_adapters_that_do_not_fit_are_refused(lora_folder):
+    adapter = lora_folder / "lora" / "loveda" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    weights = {k: torch.zeros(v.shape[0], v.shape[1] + 1) if "lora_A" in k else v for k, v in load_file(adapter).items()}
+    save_file(weights, adapter)
+    with pytest.raises(PublishError, match="LoRA adapters do not load and run"):
+        publish_model(lora_folder, "someone/lora", dry_run=True)
+
+
+def test_training_publish_refuses_adapters_left_beside_the_model(lora_folder, hub):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from s5_hf.train_loop import _publish
+
+    (lora_folder / "lora").rename(lora_folder.parent / "lora")
+    with pytest.raises(PublishError, match="published without the adapters"):
+        _publish(lora_folder, "local-user/lora-beside", stage="mdf", results=[], run_summary="", private=False)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info("local-user/lora-beside")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A released model's card only for the converted official weights
+# ----------------------------------------------------------------------------------------------------------------
+_TESTS = Path(__file__).resolve().parent
+GOLDEN = next((p for p in (_TESTS / "data" / "golden" / "official-small", _TESTS / "data" / "golden",
+                           _TESTS.parents[1] / "shared" / "golden" / "official-small")
+               if (p / "mdf_official_state_dict.safetensors").is_file()), None)
+needs_golden = pytest.mark.skipif(GOLDEN is None and not os.environ.get("CI"), reason="official golden vectors absent")
+
+
+@pytest.fixture
+def tiny_release(monkeypatch, tmp_path):
+    """The golden official MDF checkpoint (tiny) converted, standing in for the released s5-vit-b-mdf model."""
+    from s5_hf import hub as hub_module
+    from s5_hf.convert_official import convert_official_checkpoint
+    from s5_hf.model_card import ReleasedModel
+
+    converted = tmp_path / "converted"
+    model = convert_official_checkpoint(GOLDEN / "mdf_official_state_dict.safetensors", converted,
+                                        num_attention_heads=2, out_indices=[1, 2, 3, 4])
+    config = model.config
+
+    class TinyRelease(ReleasedModel):
+        def config(self):
+            return config
+
+    release = TinyRelease("vit-b", "mdf")
+    monkeypatch.setattr(hub_module, "RELEASED_MODELS", [release])
+    return converted, release
+
+
+@needs_golden
+def test_released_card_needs_the_converted_official_weights(tiny_release, tmp_path):
+    from s5_hf.convert_official import CONVERSION_RECORD, weights_sha256
+
+    converted, release = tiny_release
+    result = publish_model(converted, "s5/s5-vit-b-mdf", card="s5-vit-b-mdf", dry_run=True)
+    assert "official checkpoint converted" in result["card"] and weights_sha256(converted) in result["card"]
+    assert CONVERSION_RECORD in result["files"]
+
+    # A random model of the same shape: same architecture, not the official weights.
+    random_folder = tmp_path / "random"
+    torch.manual_seed(1)
+    S5ForSemanticSegmentation(release.config()).save_pretrained(random_folder)
+    S5ImageProcessor().save_pretrained(random_folder)
+    with pytest.raises(PublishError, match=r"has no official_conversion.json.*not converted official weights"):
+        publish_model(random_folder, "s5/s5-vit-b-mdf", card="s5-vit-b-mdf", dry_run=True)
+    assert publish_model(random_folder, "s5/random", dry_run=True)["card"]  # its own card is fine
+    # ... with the converted folder's record copied beside it: the digest does not match.
+    shutil.copy(converted / CONVERSION_RECORD, random_folder / CONVERSION_RECORD)
+    with pytest.raises(PublishError, match="are not those official_conversion.json records"):
+        publish_model(random_folder, "s5/s5-vit-b-mdf", card="s5-vit-b-mdf", dry_run=True)
+    # ... or with the released card given as a Markdown file (as in model_cards/).
+    card_file = tmp_path / "s5-vit-b-mdf.md"
+    card_file.write_text(result["card"])
+    with pytest.raises(PublishError, match="are not those official_conversion.json records"):
+        publish_model(random_folder, "s5/s5-vit-b-mdf", card=str(card_file), dry_run=True)
+    (random_folder / CONVERSION_RECORD).unlink()
+    with pytest.raises(PublishError, match="has no official_conversion.json"):
+        publish_model(random_folder, "s5/s5-vit-b-mdf", card=str(card_file), dry_run=True)
+    assert publish_model(converted, "s5/s5-vit-b-mdf", card=str(card_file), dry_run=True)["card"]
+
+
+@needs_golden
+def test_released_card_with_a_pinned_digest(tiny_release, monkeypatch):
+    import dataclasses
+
+    from s5_hf import hub as hub_module
+
+    converted, release = tiny_release
+    pinned = dataclasses.replace(release, weights_sha256="0" * 64)
+    monkeypatch.setattr(hub_module, "RELEASED_MODELS", [pinned])
+    with pytest.raises(PublishError, match="whose converted weights have digest 0000"):
+        publish_model(converted, "s5/s5-vit-b-mdf", card="s5-vit-b-mdf", dry_run=True)

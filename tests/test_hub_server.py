@@ -35,19 +35,9 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 
-from s5_hf.testing import HubEscapeError, LocalHub
-from s5_hf.testing.hub_server import DEFAULT_TOKEN
+from hub_server import DEFAULT_TOKEN, HubEscapeError, LocalHub
 
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A hub of its own for each test, with the client libraries pointed at it."""
-    with LocalHub(tmp_path / "hub") as hub:
-        hub.patch_env(monkeypatch, tmp_path / "hf_home")
-        yield hub
-        # Nothing may have tried another host, nor a route the stand-in lacks.
-        assert hub.blocked == []
-        assert hub.unhandled == []
+SERVER = Path(__file__).with_name("hub_server.py")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,10 +197,31 @@ def test_requests_elsewhere_are_refused_and_patches_undone(tmp_path):
     assert constants.ENDPOINT == before and os.environ.get("HF_ENDPOINT") != hub.endpoint
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.org", "::"])
+def test_only_loopback_hosts_are_served(tmp_path, host):
+    # Writes need only a fixed, published token: the server must not be reachable from other machines.
+    with pytest.raises(ValueError, match="loopback addresses only"):
+        LocalHub(tmp_path / "hub", host=host)
+    run = subprocess.run([sys.executable, str(SERVER), "--storage", str(tmp_path / "cli"), "--host", host],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "loopback addresses only" in run.stderr
+    assert not (tmp_path / "hub").exists() and not (tmp_path / "cli").exists()
+
+
+def test_the_server_is_not_part_of_the_installed_package():
+    import importlib.util
+
+    import s5_hf
+
+    assert importlib.util.find_spec("s5_hf.testing") is None
+    package = Path(s5_hf.__file__).parent
+    assert not [p for p in package.rglob("*.py") if "LocalHub" in p.read_text()]
+
+
 def test_command_line_server_persists_repos(tmp_path):
-    """`python -m s5_hf.testing.hub_server` serves the storage folder; a second server reopens its repos."""
+    """`python tests/hub_server.py` serves the storage folder; a second server reopens its repos."""
     storage = tmp_path / "hub"
-    process = subprocess.Popen([sys.executable, "-m", "s5_hf.testing.hub_server", "--storage", str(storage)],
+    process = subprocess.Popen([sys.executable, str(SERVER), "--storage", str(storage)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         endpoint = process.stdout.readline().split()[2]

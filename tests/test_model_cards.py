@@ -105,3 +105,19 @@ def test_validation_rejects_broken_metadata(rendered):
     with pytest.raises(ValueError, match="license"):
         validate_card_text(text.replace("license: apache-2.0\n", ""))
 
+
+
+def test_released_card_states_the_weights_digest_and_a_lora_card_its_adapters():
+    model = next(m for m in RELEASED_MODELS if m.name == "s5-vit-b-mdf")
+    digest = "ab" * 32
+    text = str(released_card(model, weights_sha256=digest))
+    validate_card_text(text)
+    assert f"`{digest}`" in text and "official_conversion.json" in text
+    assert digest not in str(released_card(model))  # the committed cards carry none until a digest is pinned
+    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
+                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=0, tasks=["potsdam", "loveda"])
+    text = str(build_model_card(config, "someone/lora-s5", lora_adapters=["potsdam", "loveda"]))
+    meta = validate_card_text(text)
+    assert {"lora", "peft"} <= set(meta["tags"]) and "## LoRA adapters" in text
+    assert "`lora/potsdam/`, `lora/loveda/`" in text and 'subfolder="lora/potsdam"' in text
+    assert "## LoRA adapters" not in str(build_model_card(config, "someone/plain-s5"))

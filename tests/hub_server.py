@@ -1,5 +1,8 @@
 """A loopback stand-in for the Hugging Face Hub, so tests can run the real client code paths offline.
 
+Test infrastructure, not part of the installed package: it accepts writes with a fixed token, so it listens on
+loopback addresses only (any other host is refused). The tests use it through the `hub` fixture of conftest.py.
+
     with LocalHub(tmp_path / "hub") as hub:
         hub.patch_env(monkeypatch)              # or: with hub.patched(): ...
         create_repo("local-user/tiny")
@@ -7,7 +10,7 @@
         AutoModel.from_pretrained("local-user/tiny")
         assert hub.count("GET", "/resolve/") == ...
 
-    python -m s5_hf.testing.hub_server --storage DIR [--port N]     (manual use, subprocess tests)
+    python tests/hub_server.py --storage DIR [--port N]     (manual use, subprocess tests)
 
 Standard library only (`http.server`, `json`, `hashlib`). The routes mirror what huggingface_hub 2.x, transformers
 5.x and datasets 5.x call; each was checked against their source:
@@ -66,6 +69,7 @@ import argparse
 import base64
 import hashlib
 import importlib
+import ipaddress
 import importlib.util
 import json
 import logging
@@ -980,6 +984,21 @@ class _Handler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------------------------
+def check_loopback(host: str) -> str:
+    """`host` if it is an IPv4 loopback address (127.0.0.0/8, or "localhost"); otherwise a ValueError. The server
+    accepts writes with a fixed, published token, so it must not be reachable from other machines."""
+    if host == "localhost":
+        return host
+    try:
+        loopback = ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"LocalHub listens on loopback addresses only (127.0.0.1 or another 127.x.y.z, localhost), "
+                         f"not {host!r}: it accepts writes with a fixed token.")
+    return host
+
+
 class HubEscapeError(RuntimeError):
     """A patched client tried to reach a host other than the LocalHub (the real Hub, a CDN, ...)."""
 
@@ -989,7 +1008,7 @@ class LocalHub:
 
     Args:
         storage_dir: where repos and files live; reusing a directory reopens its repos.
-        host, port: address to listen on; port 0 picks a free ephemeral port.
+        host, port: address to listen on, a loopback one only (ValueError otherwise); port 0 picks a free port.
         user: the user every valid token authenticates as (and the default namespace of `create_repo`).
         token: the token writes must carry (`Authorization: Bearer ...`); None accepts any token. Reads of public
             repos need none, like on the Hub.
@@ -1004,6 +1023,7 @@ class LocalHub:
         user: str = DEFAULT_USER,
         token: str | None = DEFAULT_TOKEN,
     ):
+        check_loopback(host)
         self.store = RepoStore(storage_dir)
         self.user, self.token = user, token
         self._address = (host, port)
@@ -1303,12 +1323,16 @@ class _TeardownHook:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a loopback stand-in for the Hugging Face Hub.")
     parser.add_argument("--storage", required=True, help="folder holding the repos (created if missing)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address (others are refused)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
     parser.add_argument("--user", default=DEFAULT_USER)
     parser.add_argument("--token", default=DEFAULT_TOKEN, help="token writes must carry; '' accepts any token")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
+    try:
+        check_loopback(args.host)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
     hub = LocalHub(args.storage, host=args.host, port=args.port, user=args.user, token=args.token or None)
     stop = threading.Event()
