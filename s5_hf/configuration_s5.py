@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -37,7 +39,26 @@ def _normalise_task(task: str | dict[str, Any]) -> dict[str, Any]:
     id2label = {int(k): str(v) for k, v in task["id2label"].items()}
     if sorted(id2label) != list(range(len(id2label))) or not id2label:
         raise ValueError(f"Task {task['name']!r}: id2label keys must be 0..K-1, got {sorted(id2label)}.")
-    return {"name": str(task["name"]), "id2label": id2label, "ignore_index": int(task.get("ignore_index", 255))}
+    ignore_index = task.get("ignore_index", 255)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ValueError(f"Task {task['name']!r}: ignore_index must be an integer, got {ignore_index!r}.")
+    ignore_index = int(ignore_index)
+    if 0 <= ignore_index < len(id2label):
+        # The loss and the metrics would silently drop every pixel of that class.
+        raise ValueError(
+            f"Task {task['name']!r}: ignore_index {ignore_index} is the id of the class {id2label[ignore_index]!r} "
+            f"(classes are 0..{len(id2label) - 1}); use an id outside the classes, e.g. 255."
+        )
+    return {"name": str(task["name"]), "id2label": id2label, "ignore_index": ignore_index}
+
+
+# Configuration fields that change the function a set of weights computes (beyond the tasks, compared separately).
+# Training-only settings (dropout, drop path, initialisation) and `default_task` are deliberately absent.
+BACKBONE_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act", "image_size", "patch_size",
+    "num_channels", "qkv_bias", "layer_norm_eps", "neck_layer_norm_eps", "out_indices",
+)
+DECODER_FIELDS = ("decoder_hidden_size", "pool_scales", "logits_align_corners")
 
 
 class S5Config(BackboneConfigMixin, PreTrainedConfig):
@@ -66,18 +87,23 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of the block LayerNorms.
         neck_layer_norm_eps (`float`, defaults to 1e-6): epsilon of the neck's channel LayerNorm.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
-        out_indices (`list[int]`, defaults to `[4, 6, 8, 12]`): the four stages (block i-1 for stage i)
-            whose outputs feed the neck.
+        out_indices (`list[int]`, defaults to `[4, 6, 8, 12]`): the four stages (block i-1 for stage i, so
+            1..num_hidden_layers) whose outputs feed the neck.
         decoder_hidden_size (`int`, defaults to 256): UperNet channels.
         pool_scales (`list[int]`, defaults to `[1, 2, 3, 6]`): pyramid pooling scales.
         classifier_dropout (`float`, defaults to 0.1): Dropout2d before each classifier.
         tasks (`list[str | dict]`, defaults to `["isaid"]`): the dataset heads, in expert order. A known
-            dataset name (see `s5_hf.label_sets`) or a dict with `name`, `id2label` and `ignore_index`.
-        part_features (`int`, defaults to 256): output channels of each per-task FFN expert.
+            dataset name (see `s5_hf.label_sets`) or a dict with `name`, `id2label` and `ignore_index` (an id
+            outside the classes; default 255).
+        part_features (`int`, defaults to 256): output channels of each per-task FFN expert; 0 = no experts,
+            otherwise below `hidden_size` (only used with several tasks).
         default_task (`str`, *optional*): the task used when `forward` gets no `task`; defaults to the first.
             `id2label` of the configuration mirrors this task, so pipelines label masks correctly.
         logits_align_corners (`bool`, defaults to `True`): the official model upsamples the logits to the
             input size with `align_corners=True`; kept for exact parity.
+
+    Invalid values (sizes below 1, an empty task list, 0-based stages, ...) raise a `ValueError` naming the field.
+    `architecture_differences(other)` lists the fields in which two configurations compute different functions.
     """
 
     model_type = "s5"
@@ -105,14 +131,22 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
     logits_align_corners: bool = True
 
     def __post_init__(self, **kwargs):
+        self._validate_sizes()
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         out_indices = kwargs.pop("out_indices", None)
         out_features = kwargs.pop("out_features", None)
         if out_indices is None and out_features is None:
             out_indices = self._default_out_indices()
+        if out_indices is not None:
+            self._validate_out_indices(out_indices)
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
 
-        self.tasks = [_normalise_task(t) for t in (self.tasks or ["isaid"])]
+        tasks_given = self.tasks is not None
+        if isinstance(self.tasks, (str, dict)):
+            self.tasks = [self.tasks]
+        if tasks_given and not self.tasks:
+            raise ValueError("tasks is empty: list at least one task (a dataset name or a dict), e.g. tasks=['isaid'].")
+        self.tasks = [_normalise_task(t) for t in (self.tasks if tasks_given else ["isaid"])]
         names = [t["name"] for t in self.tasks]
         for name in names:
             if not _TASK_NAME.match(name):
@@ -122,7 +156,8 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         if self.default_task is None:
             self.default_task = names[0]
         elif self.default_task not in names:
-            raise ValueError(f"default_task {self.default_task!r} is not one of the tasks {names}.")
+            hint = "" if tasks_given else " (tasks was not given, so it defaults to ['isaid']: pass tasks=[...])"
+            raise ValueError(f"default_task {self.default_task!r} is not one of the tasks {names}{hint}.")
         self.pool_scales = list(self.pool_scales)
         kwargs.pop("id2label", None)
         kwargs.pop("label2id", None)
@@ -144,6 +179,40 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         self.id2label = dict(id2label)
         self.label2id = {v: k for k, v in id2label.items()}
 
+    def _validate_sizes(self) -> None:
+        """Sizes must be positive integers (checked before anything divides by them)."""
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+                     "num_channels", "decoder_hidden_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        part = self.part_features
+        if isinstance(part, bool) or not isinstance(part, numbers.Integral) or part < 0:
+            raise ValueError(f"part_features must be an integer >= 0 (0 = no experts), got {part!r}.")
+        if not isinstance(self.mlp_ratio, (int, float)) or int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}.")
+        scales = list(self.pool_scales) if isinstance(self.pool_scales, (list, tuple)) else None
+        if not scales or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in scales):
+            raise ValueError(f"pool_scales must be a non-empty list of positive integers, got {self.pool_scales!r}.")
+        for name in ("drop_path_rate", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
+        for name in ("layer_norm_eps", "neck_layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}.")
+
+    def _validate_out_indices(self, out_indices) -> None:
+        n = self.num_hidden_layers
+        if not isinstance(out_indices, (list, tuple)) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= n for i in out_indices
+        ):
+            raise ValueError(
+                f"out_indices must be stage numbers in 1..{n} (stage i is the output of block i-1; 0 would be the "
+                f"patch embeddings, which the neck does not take), got {out_indices!r}."
+            )
+
     def _validate_shapes(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -155,6 +224,32 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size}).")
         if self.use_experts and not 0 < self.part_features < self.hidden_size:
             raise ValueError(f"part_features must be in (0, hidden_size={self.hidden_size}), got {self.part_features}.")
+
+    def architecture_differences(self, other: S5Config | dict, tasks: bool = True) -> dict[str, tuple[Any, Any]]:
+        """The fields in which `other` computes a different function from this configuration with the same weights.
+
+        Returns `{field: (this value, other value)}`, empty when the two are interchangeable. Compared: every
+        backbone and decoder field that changes the forward pass (shapes, heads, LayerNorm epsilons, activation,
+        stages, pool scales, ...) and, with `tasks=True`, the task list (names and class counts, in expert order)
+        and the expert width. Dropout, drop path, initialisation and `default_task` are not compared. `other` may
+        be a configuration dictionary (e.g. a saved `config.json`).
+        """
+        # A Mapping is a saved config.json; anything else is an S5 configuration (possibly the class of a remote-code
+        # copy of this file, which is another class object, so no isinstance check).
+        if isinstance(other, Mapping):
+            other = S5Config.from_dict({k: v for k, v in other.items() if k not in ("auto_map", "model_type")})
+        fields = BACKBONE_FIELDS + DECODER_FIELDS
+        diff = {k: (getattr(self, k), getattr(other, k)) for k in fields
+                if _plain(getattr(self, k)) != _plain(getattr(other, k))}
+        if tasks:
+            ours = [(t["name"], len(t["id2label"])) for t in self.tasks]
+            theirs = [(t["name"], len(t["id2label"])) for t in other.tasks]
+            if ours != theirs:
+                diff["tasks (name, classes)"] = (ours, theirs)
+            experts = (self.part_features if self.use_experts else 0, other.part_features if other.use_experts else 0)
+            if experts[0] != experts[1]:
+                diff["part_features"] = experts
+        return diff
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs) -> S5Config:
@@ -196,4 +291,9 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         self._sync_labels()
 
 
-__all__ = ["S5Config", "PRESETS"]
+def _plain(value: Any) -> Any:
+    # Lists and tuples compare equal when their items do (a JSON round trip turns tuples into lists).
+    return list(value) if isinstance(value, tuple) else value
+
+
+__all__ = ["S5Config", "PRESETS", "BACKBONE_FIELDS", "DECODER_FIELDS"]

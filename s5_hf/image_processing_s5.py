@@ -89,6 +89,16 @@ class S5ImageProcessor(PilBackend):
                     f"(image_mean/image_std). Select the bands the model was trained on (RGB for S5 checkpoints)"
                     + (", or pass do_convert_rgb=True to drop an alpha band." if image.shape[0] in (2, 4) else ".")
                 )
+            if np.issubdtype(image.dtype, np.inexact):
+                # NaN/Inf (e.g. no-data in float rasters) would turn every logit into NaN and every pixel into class 0.
+                bad = ~np.isfinite(image)
+                if bad.any():
+                    per_band = bad.reshape(bad.shape[0], -1).sum(axis=1)
+                    where = ", ".join(f"band {b}: {int(n)}" for b, n in enumerate(per_band) if n)
+                    raise ValueError(
+                        f"Image {index} has {int(per_band.sum())} NaN/Inf values ({where}). Fill no-data pixels "
+                        f"(e.g. with the band mean) before processing."
+                    )
         data = {"pixel_values": self._transform(images, pad_value=0.0, **kwargs)}
         if segmentation_maps is not None:
             maps = self._prepare_image_like_inputs(

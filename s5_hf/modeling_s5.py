@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,12 +16,15 @@ from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, SemanticSegmenterOutput
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_s5 import S5Config
+from .configuration_s5 import BACKBONE_FIELDS, DECODER_FIELDS, S5Config
 
 VOID_ID = 255  # the universal "no label" id of every S5 mask (see label_sets.py)
+# The neck max-pools the stride-16 grid to stride 32 (spec 1.1), so each side needs at least two patches.
+MIN_PATCHES_PER_SIDE = 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,6 +103,42 @@ class TaskRouting:
         return output
 
 
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, patch_size: int) -> None:
+    """Refuse input the model cannot compute a meaningful result for, before any compute is spent on it."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if hasattr(pixel_values, "shape") else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be a (batch, bands, height, width) tensor, got {shape}.")
+    _, bands, height, width = pixel_values.shape
+    if bands != num_channels:
+        raise ValueError(
+            f"This model expects {num_channels} input bands but pixel_values has {bands}. Select or "
+            f"convert the bands first (e.g. RGB from a multispectral image)."
+        )
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Image size {height}x{width} is not a multiple of the patch size {patch_size}. Pad it first "
+            f"(S5ImageProcessor(do_pad=True) pads to a multiple of {patch_size}) or resize it."
+        )
+    minimum = MIN_PATCHES_PER_SIDE * patch_size
+    if height < minimum or width < minimum:
+        raise ValueError(
+            f"Image size {height}x{width} is too small: S5 needs at least {minimum}x{minimum} pixels "
+            f"({MIN_PATCHES_PER_SIDE} patches of {patch_size} per side, because the neck halves the stride-16 grid "
+            f"to stride 32). Pad or resize it."
+        )
+    # One reduction over the input: NaN/Inf would otherwise spread to every logit and give class 0 everywhere.
+    # (Skipped while tracing/compiling, where a data-dependent branch cannot be recorded.)
+    if pixel_values.is_floating_point() and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        finite = torch.isfinite(pixel_values)
+        if not bool(finite.all()):
+            per_band = (~finite).sum(dim=(0, 2, 3)).tolist()
+            bands_text = ", ".join(f"band {b}: {n}" for b, n in enumerate(per_band) if n)
+            raise ValueError(
+                f"pixel_values has {sum(per_band)} NaN/Inf values ({bands_text}). Replace no-data pixels "
+                f"(e.g. with 0 after normalisation) before the forward pass."
+            )
+
+
 def resolve_task_ids(config: S5Config, task, batch_size: int, device: torch.device) -> torch.LongTensor:
     """Turn `task` (None, a name, one name per sample, or task indices) into a (batch_size,) index tensor."""
     if task is None:
@@ -105,6 +146,11 @@ def resolve_task_ids(config: S5Config, task, batch_size: int, device: torch.devi
     if isinstance(task, str):
         return torch.full((batch_size,), config.task_index(task), dtype=torch.long, device=device)
     if isinstance(task, torch.Tensor):
+        if task.dtype.is_floating_point or task.dtype.is_complex or task.dtype == torch.bool:
+            raise ValueError(
+                f"task given as a tensor must hold integer task indices, got dtype {task.dtype} "
+                f"({task.flatten()[:8].tolist()}); this model's tasks are {config.task_names}."
+            )
         task_ids = task.to(device=device, dtype=torch.long).reshape(-1)
         if task_ids.numel() == 1:
             task_ids = task_ids.expand(batch_size)
@@ -144,19 +190,7 @@ class S5Embeddings(nn.Module):
         return grid.to(self.position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, bands, height, width), got shape {tuple(pixel_values.shape)}.")
-        _, bands, height, width = pixel_values.shape
-        if bands != self.num_channels:
-            raise ValueError(
-                f"This model expects {self.num_channels} input bands but pixel_values has {bands}. Select or "
-                f"convert the bands first (e.g. RGB from a multispectral image)."
-            )
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"Image size {height}x{width} is not a multiple of the patch size {self.patch_size}. Pad it first "
-                f"(S5ImageProcessor(do_pad=True) pads to a multiple of {self.patch_size}) or resize it."
-            )
+        check_pixel_values(pixel_values, self.num_channels, self.patch_size)
         embeddings = self.projection(pixel_values.to(self.projection.weight.dtype))
         grid = embeddings.shape[-2:]
         embeddings = embeddings.flatten(2).transpose(1, 2)
@@ -358,6 +392,17 @@ class S5Classifier(nn.Sequential):
 # ----------------------------------------------------------------------------------------------------------------
 # Pretrained models
 # ----------------------------------------------------------------------------------------------------------------
+# Written into every saved folder's config, so each Auto class (not only the saved model's) loads it with
+# trust_remote_code=True where s5_hf is not installed.
+AUTO_MAP = {
+    "AutoModel": "modeling_s5.S5Model",
+    "AutoBackbone": "modeling_s5.S5Backbone",
+    "AutoModelForSemanticSegmentation": "modeling_s5.S5ForSemanticSegmentation",
+}
+# from_pretrained arguments that say where the saved configuration is, passed on when we read it for the check.
+_LOCATION_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
 class S5PreTrainedModel(PreTrainedModel):
     config: S5Config
     config_class = S5Config
@@ -388,6 +433,46 @@ class S5PreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.num_batches_tracked)
         elif isinstance(module, S5Embeddings):
             nn.init.trunc_normal_(module.position_embeddings, std=std)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        # Only the classes of this file: subclasses elsewhere (e.g. detection models) have their own Auto classes.
+        if self._auto_class is not None and type(self).__module__ == __name__:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a configuration that would make the saved weights compute another
+        function (e.g. `num_attention_heads=...` or `layer_norm_eps=...` passed as overrides or in `config`) is
+        refused, naming the fields, instead of loading the same tensors silently. With `ignore_mismatched_sizes=True`
+        a different task list (new heads) is allowed."""
+        if pretrained_model_name_or_path is not None and not isinstance(config, (str, os.PathLike)):
+            cls._check_checkpoint_config(pretrained_model_name_or_path, config, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    @classmethod
+    def _check_checkpoint_config(cls, location, config, kwargs: dict) -> None:
+        try:
+            where = {k: kwargs[k] for k in _LOCATION_KWARGS if k in kwargs}
+            saved = cls.config_class.from_pretrained(location, **where)
+        except (OSError, ValueError):
+            return  # not an S5 folder: transformers reports what is missing
+        if config is None:
+            fields = (*BACKBONE_FIELDS, *DECODER_FIELDS, "tasks", "part_features")
+            overrides = {k: kwargs[k] for k in fields if k in kwargs}
+            if not overrides:
+                return
+            values = {k: v for k, v in saved.to_dict().items() if k not in ("auto_map", "out_features")}
+            config = cls.config_class.from_dict({**values, **overrides})
+        if not hasattr(config, "architecture_differences"):
+            return
+        diff = saved.architecture_differences(config, tasks=not kwargs.get("ignore_mismatched_sizes", False))
+        if diff:
+            raise ValueError(
+                f"{location}: the requested configuration differs from the saved one in {diff} (saved, requested). "
+                f"The saved weights would load but compute a different function; load the checkpoint without "
+                f"these changes."
+            )
 
 
 class S5Encoder(nn.Module):
@@ -513,6 +598,17 @@ class S5Backbone(BackboneMixin, S5PreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def check_label_dtype(labels: torch.Tensor) -> None:
+    """Labels are class ids: a float tensor would be truncated (1.7 -> 1) without a word."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a tensor of class ids, got {type(labels).__name__}.")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be an integer tensor of class ids, got dtype {labels.dtype}; convert whole-number "
+            f"labels with labels.long() (fractional values would have been truncated)."
+        )
+
+
 def task_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, task_name: str = "task"
 ) -> torch.Tensor:
@@ -522,6 +618,7 @@ def task_cross_entropy(
     device-side assertion (or silently wrong loss) of a plain `F.cross_entropy`.
     """
     num_classes = logits.shape[1]
+    check_label_dtype(labels)
     labels = labels.long()
     if labels.shape[-2:] != logits.shape[-2:]:
         raise ValueError(f"{task_name}: labels are {tuple(labels.shape[-2:])} but logits are {tuple(logits.shape[-2:])}.")
@@ -567,7 +664,24 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
             Class ids; the task's ignore index and 255 are ignored.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Every check on the inputs runs before the backbone, so a bad call fails at once, not after the compute.
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size)
         task_ids = resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device)
+        routing = TaskRouting(task_ids)
+        if self.training and 1 in self.config.pool_scales:
+            lonely = [self.config.task_names[t] for t, rows in routing.groups
+                      if (pixel_values.shape[0] if rows is None else rows.numel()) == 1]
+            if lonely:
+                raise ValueError(
+                    f"In training mode every task needs at least 2 images per batch (BatchNorm after the 1x1 "
+                    f"pyramid pooling has a single value per channel otherwise); tasks with one image: {lonely}. "
+                    f"Call model.eval() for inference."
+                )
+        if labels is not None:
+            check_label_dtype(labels)
+            if labels.ndim == 0 or labels.shape[0] != pixel_values.shape[0]:
+                count = labels.shape[0] if labels.ndim else 0
+                raise ValueError(f"Got {count} label maps for {pixel_values.shape[0]} images.")
         outputs = self.s5(
             pixel_values,
             task=task_ids,
@@ -576,15 +690,6 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
             return_dict=True,
         )
         size = pixel_values.shape[-2:]
-        routing = TaskRouting(task_ids)
-        if self.training and 1 in self.config.pool_scales:
-            lonely = [self.config.task_names[t] for t, rows in routing.groups
-                      if (pixel_values.shape[0] if rows is None else rows.numel()) == 1]
-            if lonely:
-                raise ValueError(
-                    f"In training mode every task needs at least 2 images per batch (BatchNorm after the 1x1 "
-                    f"pyramid pooling has a single value per channel otherwise); tasks with one image: {lonely}."
-                )
         per_task = {}
         for t, rows in routing.groups:
             maps = outputs.feature_maps if rows is None else [f.index_select(0, rows) for f in outputs.feature_maps]
@@ -596,8 +701,6 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
 
         loss, task_losses = None, None
         if labels is not None:
-            if labels.shape[0] != pixel_values.shape[0]:
-                raise ValueError(f"Got {labels.shape[0]} label maps for {pixel_values.shape[0]} images.")
             task_losses = {}
             for t, rows in routing.groups:
                 spec = self.config.tasks[t]
@@ -630,6 +733,17 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         return merged
 
     # ---- conversions between single-task and multi-task models ------------------------------------------------
+    @classmethod
+    def from_official(cls, repo_id: str, filename: str, **kwargs) -> S5ForSemanticSegmentation:
+        """Load a released official S5 checkpoint (`.pth` or `.safetensors` file `filename` of Hub repo `repo_id`)
+        as an S5 model; see `s5_hf.convert_official.from_official` for the options."""
+        # Imported here, not at the top: the model files saved with a checkpoint (remote code) must not need s5_hf.
+        try:
+            convert_official = importlib.import_module("s5_hf.convert_official")
+        except ImportError as error:
+            raise ImportError("from_official needs the s5_hf package (it converts official checkpoints).") from error
+        return convert_official.from_official(repo_id, filename, **kwargs)
+
     @classmethod
     def from_single_task(
         cls, model: S5ForSemanticSegmentation, config: S5Config, copy_decoder: bool = True
@@ -688,16 +802,21 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         self.config.set_default_task(name)
 
 
-# Configuration fields that fix the shapes of the backbone and decoder weights.
-BACKBONE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
-                 "num_channels", "decoder_hidden_size")
+# Configuration fields that change the function of the backbone and decoder weights (kept for callers that compare
+# dictionaries; new code calls `S5Config.architecture_differences`).
+BACKBONE_KEYS = BACKBONE_FIELDS + DECODER_FIELDS
 
 
 def _check_same_backbone(a: S5Config, b: S5Config) -> None:
-    diff = {k: (getattr(a, k), getattr(b, k)) for k in BACKBONE_KEYS if getattr(a, k) != getattr(b, k)}
+    diff = a.architecture_differences(b, tasks=False)
     if diff:
         raise ValueError(f"Backbone configurations differ: {diff} (source, target).")
 
+
+# The image-segmentation pipeline checks the model's class name against this table (not against the registered Auto
+# classes) and logs an error for every S5 model otherwise. Done here, not in s5_hf/__init__.py, so that it also
+# holds where this file is loaded as remote code.
+MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(S5Config.model_type, S5ForSemanticSegmentation.__name__)
 
 __all__ = [
     "S5Backbone",

@@ -75,3 +75,17 @@ def test_post_process_resizes_and_takes_argmax():
     assert maps[1].shape == (8, 12) and set(maps[1].unique().tolist()) == {0, 1}
     with pytest.raises(ValueError, match="target sizes"):
         S5ImageProcessor().post_process_semantic_segmentation(type("Out", (), {"logits": logits}), [(8, 8)])
+
+
+def test_nan_and_inf_are_refused_with_counts_per_band():
+    image = np.full((3, 16, 16), 0.5, dtype=np.float32)
+    image[1, :2, :2] = np.nan  # e.g. no-data pixels of a float raster
+    image[2, 0, 0] = np.inf
+    processor = S5ImageProcessor(do_resize=False, do_rescale=False)
+    with pytest.raises(ValueError, match=r"Image 0 has 5 NaN/Inf values \(band 1: 4, band 2: 1\)"):
+        processor(image, input_data_format="channels_first")
+    with pytest.raises(ValueError, match=r"Image 1 has 5 NaN/Inf"):  # the index of the bad image in a batch
+        processor([np.full((3, 16, 16), 0.5, dtype=np.float32), image], input_data_format="channels_first")
+    finite = processor(np.nan_to_num(image, nan=0.5, posinf=0.5), input_data_format="channels_first",
+                       return_tensors="pt")["pixel_values"]
+    assert torch.isfinite(finite).all()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -15,6 +21,9 @@ from transformers import (
 import s5_hf
 from s5_hf import S5Backbone, S5Config, S5ForSemanticSegmentation, S5Model
 from s5_hf.label_sets import MDF_TASKS, get_label_set
+from s5_hf.modeling_s5 import TaskRouting, task_cross_entropy
+
+DATA = Path(__file__).resolve().parent / "data"  # reference facts copied into the repository (see data/README.md)
 
 TINY = dict(
     hidden_size=32,
@@ -260,6 +269,86 @@ def test_drop_path_is_linear_over_depth_on_the_ffn_branch_only():
     assert all(b > a for a, b in zip(rates, rates[1:]))
 
 
+def test_drop_path_in_training_drops_the_ffn_branch_and_never_the_attention_branch():
+    # Each block computes out = x + attention(x') + drop_path(ffn(h')); hooks record every term, so the residual
+    # decomposition says which branch stochastic depth acted on.
+    torch.manual_seed(0)
+    model = S5Model(tiny_config(tasks=["isaid"], drop_path_rate=0.5)).train()
+    layer = model.encoder.layer[-1]
+    keep = 1 - layer.drop_path.drop_prob
+    assert layer.drop_path.drop_prob == pytest.approx(0.5)
+    seen = {}
+    layer.register_forward_pre_hook(lambda m, args: seen.__setitem__("input", args[0].detach()))
+    layer.attention.register_forward_hook(lambda m, args, out: seen.__setitem__("attention", out[0].detach()))
+    layer.mlp.register_forward_hook(lambda m, args, out: seen.__setitem__("ffn", out.detach()))
+    layer.register_forward_hook(lambda m, args, out: seen.__setitem__("output", out[0].detach()))
+    hidden = torch.randn(16, 16, 32, generator=torch.Generator().manual_seed(0))
+    routing = TaskRouting(torch.zeros(16, dtype=torch.long))
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            layer(hidden, routing)
+        ffn_term = seen["output"] - seen["input"] - seen["attention"]  # what the FFN branch added
+        runs.append({"attention": seen["attention"], "ffn": seen["ffn"], "ffn_term": ffn_term})
+        # Per sample the FFN branch is either dropped or rescaled by 1/keep; the attention term is added as is.
+        kept = ffn_term.flatten(1).abs().amax(1) > 0.5 * seen["ffn"].flatten(1).abs().amax(1)
+        torch.testing.assert_close(ffn_term[kept], seen["ffn"][kept] / keep, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ffn_term[~kept], torch.zeros_like(ffn_term[~kept]), atol=1e-5, rtol=0)
+        assert 0 < int(kept.sum()) < 16  # both outcomes occur in a batch of 16 at p = 0.5 (for these seeds)
+    torch.testing.assert_close(runs[0]["attention"], runs[1]["attention"], rtol=0, atol=0)  # deterministic
+    torch.testing.assert_close(runs[0]["ffn"], runs[1]["ffn"], rtol=0, atol=0)  # same FFN output ...
+    assert not torch.equal(runs[0]["ffn_term"], runs[1]["ffn_term"])  # ... but a different sample dropped
+    with torch.no_grad():  # and in eval mode nothing is dropped
+        layer.eval()(hidden, routing)
+    torch.testing.assert_close(seen["output"], seen["input"] + seen["attention"] + seen["ffn"], atol=1e-6, rtol=1e-6)
+
+
+def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
+    """Keys' cubic convolution weights for the four neighbours at offsets -1, 0, 1, 2 of a point t in [0, 1)."""
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        if x < 2:
+            return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+        return 0.0
+
+    return [kernel(t + 1), kernel(t), kernel(1 - t), kernel(2 - t)]
+
+
+def _bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """Resampling matrix (size_out x size_in): half-pixel centres, edge samples repeated, a = -0.75."""
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        x = (i + 0.5) * size_in / size_out - 0.5
+        base = math.floor(x)
+        for offset, weight in zip(range(-1, 3), _cubic_weights(x - base)):
+            matrix[i, min(max(base + offset, 0), size_in - 1)] += weight
+    return matrix
+
+
+def test_position_embeddings_are_interpolated_bicubically():
+    model = S5Model(tiny_config(tasks=["isaid"])).eval()
+    embeddings = model.embeddings
+    grid = embeddings.grid_size  # 4x4 learned positions (64 px / 16)
+    table = embeddings.position_embeddings.detach().reshape(grid, grid, -1).double().numpy()
+    for height, width in [(6, 3), (8, 8), (2, 5)]:
+        rows, cols = _bicubic_matrix(grid, height), _bicubic_matrix(grid, width)
+        expected = np.einsum("hi,wj,ijc->hwc", rows, cols, table).reshape(height * width, -1)
+        ours = embeddings.interpolate_pos_encoding(height, width)[0].detach().double().numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    # The training size uses the table as it is, and the forward pass adds exactly these values.
+    assert embeddings.interpolate_pos_encoding(grid, grid) is embeddings.position_embeddings
+    pixel_values = images(1, 96)
+    with torch.no_grad():
+        tokens, _ = embeddings(pixel_values)
+        patches = embeddings.projection(pixel_values).flatten(2).transpose(1, 2)
+    expected = np.einsum("hi,wj,ijc->hwc", _bicubic_matrix(grid, 6), _bicubic_matrix(grid, 6), table).reshape(36, -1)
+    np.testing.assert_allclose((tokens - patches)[0].double().numpy(), expected, atol=1e-5, rtol=0)
+
+
 # ---- bad input ----------------------------------------------------------------------------------------------
 def test_wrong_band_count_is_rejected():
     with pytest.raises(ValueError, match="expects 3 input bands but pixel_values has 4"):
@@ -285,10 +374,121 @@ def test_image_size_must_be_a_multiple_of_the_patch_size():
         tiny_model()(torch.randn(1, 3, 70, 64), task="potsdam")
 
 
-def test_training_needs_two_images_per_task():
+def test_training_needs_two_images_per_task_and_says_so_before_the_backbone_runs():
     model = tiny_model().train()
-    with pytest.raises(ValueError, match=r"at least 2 images.*\['loveda'\]"):
+    backbone_calls = []
+    model.s5.register_forward_pre_hook(lambda module, args: backbone_calls.append(1))
+    with pytest.raises(ValueError, match=r"at least 2 images.*\['loveda'\].*model.eval\(\)"):
         model(images(3), task=["potsdam", "potsdam", "loveda"])
+    assert backbone_calls == []  # refused before any compute (a ViT-B forward takes ~50 s on 2 CPU cores)
+    model(images(4), task=["potsdam", "loveda"] * 2)
+    assert backbone_calls == [1]
+
+
+def test_every_input_check_runs_before_the_backbone():
+    model = tiny_model()
+    backbone_calls = []
+    model.s5.register_forward_pre_hook(lambda module, args: backbone_calls.append(1))
+    bad_pixels = images(2)
+    bad_pixels[1, 2, 5, 5] = float("nan")
+    for call in [dict(pixel_values=bad_pixels), dict(pixel_values=images(2, 16)),
+                 dict(pixel_values=images(2), labels=torch.zeros(2, 64, 64)),
+                 dict(pixel_values=images(2), task=torch.tensor([0.0, 1.0]))]:
+        with pytest.raises(ValueError):
+            model(**{"task": "potsdam", **call})
+    assert backbone_calls == []
+
+
+def test_smallest_input_is_two_patches_per_side():
+    # The neck max-pools the stride-16 grid to stride 32, so one patch per side leaves nothing to pool.
+    model = tiny_model(tasks=["isaid"])
+    for height, width in [(32, 32), (32, 512), (48, 32)]:
+        assert model(torch.randn(1, 3, height, width)).logits.shape == (1, 16, height, width)
+    for height, width in [(16, 16), (16, 512), (512, 16), (32, 16)]:
+        with pytest.raises(ValueError, match=rf"{height}x{width} is too small: S5 needs at least 32x32 pixels"):
+            model(torch.randn(1, 3, height, width))
+    with pytest.raises(ValueError, match="at least 32x32"):  # the backbone alone says the same
+        S5Model(tiny_config()).eval()(torch.randn(1, 3, 16, 64))
+
+
+def test_nan_or_inf_input_is_refused_with_counts_per_band():
+    pixel_values = images(2)
+    pixel_values[0, 0, :3, :3] = float("nan")
+    pixel_values[1, 2, 0, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"10 NaN/Inf values \(band 0: 9, band 2: 1\)"):
+        tiny_model()(pixel_values, task="potsdam")
+
+
+def test_task_tensor_must_hold_integers():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"integer task indices, got dtype torch.float32 \(\[1.7"):
+        model(images(2), task=torch.tensor([1.7, 0.2]))
+    with pytest.raises(ValueError, match="got dtype torch.bool"):
+        model(images(2), task=torch.tensor([True, False]))
+    with torch.no_grad():  # integer tensors of any integer dtype still work
+        torch.testing.assert_close(model(images(2), task=torch.tensor([1, 3], dtype=torch.int32)).task_ids,
+                                   torch.tensor([1, 3]))
+
+
+def test_float_labels_are_refused_not_truncated():
+    model = tiny_model(tasks=["vaihingen"])
+    labels = torch.full((1, 64, 64), 1.7)
+    with pytest.raises(ValueError, match="integer tensor of class ids, got dtype torch.float32"):
+        model(images(1), labels=labels)
+    with pytest.raises(ValueError, match="got dtype torch.float16"):
+        task_cross_entropy(torch.zeros(1, 5, 4, 4), torch.zeros(1, 4, 4, dtype=torch.float16), 255)
+
+
+def test_architecture_differences_name_every_field_that_changes_the_function():
+    base = tiny_config()
+    assert base.architecture_differences(tiny_config()) == {}
+    assert base.architecture_differences(base.to_dict()) == {}  # a saved config.json compares the same way
+    for field, value in [("num_attention_heads", 4), ("layer_norm_eps", 1e-6), ("neck_layer_norm_eps", 1e-5),
+                         ("hidden_act", "relu"), ("qkv_bias", False), ("pool_scales", [1, 2, 3]),
+                         ("logits_align_corners", False), ("hidden_size", 64), ("mlp_ratio", 2.0)]:
+        other = tiny_config(**{field: value, **({"part_features": 16} if field == "hidden_size" else {})})
+        assert field in base.architecture_differences(other), field
+    deeper = tiny_config(num_hidden_layers=5, out_indices=[1, 2, 3, 5])
+    assert set(deeper.architecture_differences(tiny_config(num_hidden_layers=5, out_indices=[2, 3, 4, 5]))) == {
+        "out_indices"}
+    # Training-only settings and the default task do not change the function of the weights.
+    assert base.architecture_differences(tiny_config(drop_path_rate=0.3, classifier_dropout=0.0,
+                                                     attention_probs_dropout_prob=0.1, default_task="loveda")) == {}
+    diff = base.architecture_differences(tiny_config(tasks=["potsdam", "vaihingen"]))
+    assert set(diff) == {"tasks (name, classes)"}
+    assert set(base.architecture_differences(tiny_config(part_features=16))) == {"part_features"}
+    assert base.architecture_differences(tiny_config(tasks=["potsdam"]), tasks=False) == {}
+
+
+def test_from_single_task_rejects_a_backbone_with_other_layer_norms():
+    pretrained = tiny_model(tasks=["isaid"])
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        S5ForSemanticSegmentation.from_single_task(pretrained, tiny_config(layer_norm_eps=1e-6))
+
+
+def test_from_official_delegates_to_the_converter(monkeypatch):
+    import s5_hf.convert_official
+
+    calls = []
+    sentinel = object()
+    monkeypatch.setattr(s5_hf.convert_official, "from_official",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or sentinel)
+    assert S5ForSemanticSegmentation.from_official("lianglyu/S5", "s5_vitb.pth", num_attention_heads=2) is sentinel
+    assert calls == [(("lianglyu/S5", "s5_vitb.pth"), {"num_attention_heads": 2})]
+
+
+def test_readme_models_example_runs_as_written(monkeypatch):
+    # The README's first code block, with the ViT-B preset swapped for a tiny backbone (same tasks, same calls).
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Models", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'S5Config.from_preset("vit-b"' in code
+    real_from_preset = S5Config.from_preset.__func__
+    monkeypatch.setattr(S5Config, "from_preset", classmethod(
+        lambda cls, preset, **kwargs: real_from_preset(cls, preset, **{**TINY, "num_attention_heads": 2, **kwargs})))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["out"].logits.shape == (4, 9, 512, 512)
+    assert namespace["potsdam_only"].config.task_names == ["potsdam"]
 
 
 def test_task_list_length_must_match_the_batch():
@@ -309,3 +509,25 @@ def test_bad_configs_are_rejected():
 
 def test_package_exports():
     assert set(s5_hf.__all__) >= {"S5Config", "S5Model", "S5Backbone", "S5ForSemanticSegmentation", "S5ImageProcessor"}
+
+
+def test_readme_parameter_table_matches_the_recorded_official_and_paper_counts():
+    facts = json.loads((DATA / "spec" / "parameter_counts.json").read_text())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        match = re.fullmatch(r"\| ViT-([BLH]) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) / ([\d.]+) M \|", line.strip())
+        if match:
+            rows[f"vit-{match[1].lower()}"] = [int(match[2].replace(",", "")), int(match[3].replace(",", "")),
+                                               float(match[4]), float(match[5])]
+    assert set(rows) == {"vit-b", "vit-l", "vit-h"}
+    unused = facts["unused_in_official"]["placeholder_classifier_per_decoder"]
+    for preset, (single, multiple, paper_single, paper_multiple) in rows.items():
+        width = S5Config.from_preset(preset).hidden_size
+        # Ours + the official model's unused class token and placeholder classifiers = the official totals.
+        assert single + width + unused == facts["official_totals"][preset]["single"]
+        assert multiple + width + 4 * unused == facts["official_totals"][preset]["multiple"]
+        assert [paper_single, paper_multiple] == [facts["paper_millions"][preset][v] for v in ("single", "multiple")]
+    with torch.device("meta"):  # and the code builds the ViT-B numbers of the table
+        assert sum(p.numel() for p in S5ForSemanticSegmentation(
+            S5Config.from_preset("vit-b", tasks=list(MDF_TASKS))).parameters()) == rows["vit-b"][1]
