@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -47,6 +48,26 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = "tmp") -> Path:
     """A unique hidden name beside `path`, on the same file system, so that a rename onto `path` is atomic."""
     path = Path(path)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
+
+
+def stale_temporaries(path: str | os.PathLike, suffix: str = "tmp") -> list[Path]:
+    """The temporaries `temporary_sibling(path, suffix)` made that a killed writer left beside `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    name = re.compile(rf"^\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.{re.escape(suffix)}$")
+    return sorted(p for p in path.parent.iterdir() if name.match(p.name))
+
+
+def remove_stale_temporaries(path: str | os.PathLike, suffix: str = "tmp") -> int:
+    """Delete what `stale_temporaries` finds (files or staged folders); call while no writer of `path` runs."""
+    stale = stale_temporaries(path, suffix)
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(stale)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from pathlib import Path
@@ -50,6 +51,11 @@ def assert_same_rows(actual, expected):
 
 def shard_names(out_dir: Path) -> list[str]:
     return sorted(p.name for p in (out_dir / "data").iterdir())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones too) with its content."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_round_trip_streaming_and_map_style_pixel_exact(vaihingen, tmp_path):
@@ -206,7 +212,8 @@ def test_interrupted_write_leaves_no_shard_and_keeps_the_old_one(vaihingen, tmp_
     assert (out / "data" / "train-00000-of-00001.parquet").read_bytes() == before
     with pytest.raises(KeyboardInterrupt):
         to_parquet_shards(stream, tmp_path / "fresh", shard_size_mb=0.05)
-    assert shard_names(tmp_path / "fresh") == [] and not (tmp_path / "fresh" / "README.md").exists()
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staged folder left beside it
     # A successful overwrite replaces every old shard.
     to_parquet_shards(vaihingen, out, shard_size_mb=0.05, overwrite=True)
     assert len(shard_names(out)) > 1 and "train-00000-of-00001.parquet" not in shard_names(out)
@@ -254,3 +261,69 @@ def test_masks_are_stored_as_png_mode_l(tmp_path):
     np.testing.assert_array_equal(np.asarray(row["mask"]), [[0, 1], [2, 3]])
     with pytest.raises(ValueError, match="Invalid split name"):
         to_parquet_shards(dataset, tmp_path / "x", split="train-2")
+
+
+def test_card_is_checked_before_any_shard_is_replaced(vaihingen, tmp_path):
+    out = tmp_path / "out"
+    to_parquet_shards(vaihingen, out, shard_size_mb=100)
+    before = snapshot(out)
+    with pytest.raises(KeyError, match="no_such_label_set"):
+        to_parquet_shards(vaihingen, out, shard_size_mb=0.05, overwrite=True, card={"label_set": "no_such_label_set"})
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_only_files_it_wrote_are_replaced(vaihingen, loveda_root, tmp_path):
+    """The manifest lists what was written: other splits stay (same bytes); an edited card or a file s5-hf
+    did not write stops the next write before anything changes."""
+    out = tmp_path / "out"
+    to_parquet_shards(vaihingen, out, shard_size_mb=0.05)
+    loveda = load_benchmark("loveda", loveda_root, "val", streaming=True)
+    to_parquet_shards(loveda, out, split="validation")
+    train = {name: data for name, data in snapshot(out).items() if name.startswith("data/train-")}
+    (out / ".gitattributes").write_text("*.parquet filter=lfs\n")  # hidden files (a clone's) are kept too
+    to_parquet_shards(loveda, out, split="validation", overwrite=True, min_shards=2)
+    after = snapshot(out)
+    assert {name: data for name, data in after.items() if name.startswith("data/train-")} == train
+    assert after[".gitattributes"] == b"*.parquet filter=lfs\n"
+    manifest = json.loads(after[".s5-manifest.json"])
+    assert manifest["files"] == sorted(["README.md", *train, "data/validation-00000-of-00002.parquet",
+                                        "data/validation-00001-of-00002.parquet"])
+
+    (out / "README.md").write_text((out / "README.md").read_text() + "\nMy own notes.\n")
+    edited = snapshot(out)
+    with pytest.raises(FileExistsError, match=r"README.md \(edited since s5-hf wrote it\)"):
+        to_parquet_shards(loveda, out, split="validation", overwrite=True)
+    assert snapshot(out) == edited
+
+
+def test_readers_never_see_a_partial_shard_set(vaihingen, tmp_path, monkeypatch):
+    """Between any two file-system steps of an overwrite, the folder holds the complete old shard set with its
+    card, or the complete new one (checked before every rename and delete the writer makes)."""
+    import os
+    import shutil
+
+    out = tmp_path / "out"
+    to_parquet_shards(vaihingen, out, shard_size_mb=100)
+
+    def state():
+        card = (out / "README.md").read_bytes() if (out / "README.md").exists() else None
+        visible = [name for name in shard_names(out) if not name.startswith(".")] if (out / "data").exists() else None
+        return visible, card
+
+    seen = []
+
+    def watch(function):
+        def wrapper(*args, **kwargs):
+            seen.append(state())
+            return function(*args, **kwargs)
+        return wrapper
+
+    old = state()
+    for owner, name in ((os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"), (shutil, "rmtree"),
+                        (Path, "unlink"), (Path, "rename"), (Path, "replace")):
+        monkeypatch.setattr(owner, name, watch(getattr(owner, name)))
+    to_parquet_shards(vaihingen, out, shard_size_mb=0.05, overwrite=True)
+    monkeypatch.undo()
+    new = state()
+    assert len(new[0]) > 1 and seen and all(s in (old, new) for s in seen), [s[0] for s in seen]

@@ -9,8 +9,10 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from PIL import Image
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.data import load_benchmark, to_parquet_shards
 from s5_hf.data.synthetic import make_fake_isaid, make_fake_unlabeled_pool
+from s5_hf.files import temporary_sibling
 from s5_hf.rs4p import (
     ChunkScorer,
     RawImage,
@@ -49,6 +52,7 @@ KILLER = r"""
 import json, os, signal, sys
 import s5_hf.data.shards as shards
 import s5_hf.rs4p.scoring as scoring
+from s5_hf.files import temporary_sibling
 from s5_hf.rs4p import SelectionArguments, run_selection
 
 stage, after, arguments = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
@@ -67,8 +71,7 @@ def die_after(owner, name, before_death=None):
 
 def half_a_shard(store, index, table):
     store.directory.mkdir(parents=True, exist_ok=True)
-    final = store.path(index)
-    final.with_name(f".{final.name}.tmp-{os.getpid()}").write_bytes(b"PAR1" + bytes(64))
+    temporary_sibling(store.path(index)).write_bytes(b"PAR1" + bytes(64))
 
 if stage == "scoring":
     die_after(scoring.ScoreStore, "write", half_a_shard)
@@ -110,9 +113,53 @@ def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def make_pool_folder(root: Path, num_images: int = 196, corrupt: bool = True) -> Path:
+def png_16bit_rgb(array: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (Pillow opens these as 8-bit "RGB" and cannot write them)."""
+    height, width, _ = array.shape
+    raw = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+#: Pool images that decode but are not 8-bit RGB, or are constant, and the start of the reason each gets.
+UNUSABLE = {
+    "star/star_16bit.png": "unsupported pixel format: 16-bit I;16 image",
+    "star/star_16bit_rgb.png": "unsupported pixel format: 16-bit RGB image",
+    "star/star_16bit.tif": "unsupported pixel format: 16-bit I;16 image",
+    "star/star_float.tif": "unsupported pixel format: 32-bit F image",
+    "star/star_4band.tif": "unsupported pixel format: mode 'RGB' with 4 band(s)",
+    "millionaid/millionaid_constant.png": "constant image",
+}
+
+
+def write_unusable_images(root: Path, rng: np.random.Generator) -> None:
+    # Sensor-like ranges: read as 8 bits, 12-bit data is nearly black and float reflectances all black, and dark
+    # images have the lowest entropy, so they would be selected first.
+    twelve_bit = rng.integers(0, 4096, (IMAGE_SIZE, IMAGE_SIZE)).astype(np.uint16)
+    (root / "star" / "star_16bit.png").write_bytes(encode(twelve_bit))
+    (root / "star" / "star_16bit_rgb.png").write_bytes(png_16bit_rgb(np.stack([twelve_bit] * 3, axis=-1)))
+    (root / "star" / "star_16bit.tif").write_bytes(encode(twelve_bit, "TIFF"))
+    (root / "star" / "star_float.tif").write_bytes(encode(rng.random((IMAGE_SIZE, IMAGE_SIZE), np.float32), "TIFF"))
+    (root / "star" / "star_4band.tif").write_bytes(four_band_tiff(rng))
+    (root / "millionaid" / "millionaid_constant.png").write_bytes(encode(np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 90,
+                                                                                 np.uint8)))
+
+
+def four_band_tiff(rng: np.random.Generator) -> bytes:
+    """An RGB + near-infrared TIFF (Pillow opens it as "RGB", dropping the fourth band)."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGBX", (IMAGE_SIZE, IMAGE_SIZE), rng.bytes(IMAGE_SIZE * IMAGE_SIZE * 4)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def make_pool_folder(root: Path, num_images: int = 190, corrupt: bool = True) -> Path:
     """The shared fake pool (`<root>/<source>/<source>_<n>.<ext>`) plus two off-size images (resize path), a
-    non-image file and, with `corrupt`, a garbage "PNG" and a truncated JPEG in 'samrs'."""
+    non-image file and, with `corrupt`, a garbage "PNG" and a truncated JPEG in 'samrs' and the `UNUSABLE`
+    images (200 images in all by default)."""
     make_fake_unlabeled_pool(root, num_images=num_images, size=IMAGE_SIZE, sources=SOURCES, seed=0)
     rng = np.random.default_rng(0)
     (root / "millionaid" / "millionaid_small.jpg").write_bytes(encode(random_image(rng, 48), "JPEG"))
@@ -121,6 +168,7 @@ def make_pool_folder(root: Path, num_images: int = 196, corrupt: bool = True) ->
     if corrupt:
         (root / "samrs" / "broken.png").write_bytes(b"definitely not a png")
         (root / "samrs" / "truncated.jpg").write_bytes(encode(random_image(rng), "JPEG")[:300])
+        write_unusable_images(root, rng)
     return root
 
 
@@ -406,16 +454,22 @@ def test_run_selects_scores_and_reports(workspace, reference_run, tmp_path):
     for cluster in stats.quota_table:
         assert cluster["accepted"] <= cluster["quota"]
     assert sum(c["quota"] for c in stats.quota_table) == 60
-    # the two corrupt files are reported, counted and listed, not fatal
-    failures = [json.loads(line) for line in (output_dir / "dataset" / "failures.jsonl").read_text().splitlines()]
-    assert sorted(f["id"] for f in failures) == ["samrs/broken.png", "samrs/truncated.jpg"]
-    assert all(f["source"] == "samrs" and f["reason"] for f in failures)
+    # the two corrupt files, the images that are not 8-bit RGB and the constant one are reported with their
+    # reason, counted and listed, never scored (read as 8 bits, they would be dark and win the ranking)
+    lines = (output_dir / "dataset" / "failures.jsonl").read_text().splitlines()
+    failures = {f["id"]: f for f in map(json.loads, lines)}
+    assert sorted(failures) == sorted(["samrs/broken.png", "samrs/truncated.jpg", *UNUSABLE])
+    assert failures["samrs/broken.png"]["reason"].startswith("cannot decode image: UnidentifiedImageError")
+    for image_id, reason in UNUSABLE.items():
+        assert failures[image_id]["reason"].startswith(reason), failures[image_id]
+        assert failures[image_id]["source"] == image_id.split("/")[0]
     on_disk = {s: sum(1 for f in (workspace["pool"] / s).iterdir() if f.suffix != ".txt") for s in SOURCES}
+    failed = {s: sum(f["source"] == s for f in failures.values()) for s in SOURCES}
+    assert failed == {"millionaid": 1, "samrs": 2, "star": 5}
     for source in SOURCES:
-        failed = 2 if source == "samrs" else 0
-        assert stats.per_source[source] == {"scored": on_disk[source] - failed, "failed": failed,
+        assert stats.per_source[source] == {"scored": on_disk[source] - failed[source], "failed": failed[source],
                                             "selected": sum(r["source"] == source for r in rows)}
-    assert stats.num_scored == sum(on_disk.values()) - 2 and stats.num_failed == 2
+    assert stats.num_scored == sum(on_disk.values()) - 8 and stats.num_failed == 8
     card = (output_dir / "dataset" / "README.md").read_text()
     assert f"| samrs | {on_disk['samrs'] - 2} | 2 | {stats.per_source['samrs']['selected']} |" in card
     assert "entropy_histogram.png" in card and "quota B_m" in card and "failures.jsonl" in card
@@ -444,7 +498,7 @@ def test_killed_run_resumes_to_the_same_output(workspace, reference_run, tmp_pat
     assert not first.complete and first.chunks_scored == 3 and first.missing_chunks == 7
     assert not (output_dir / "dataset").exists()
     # a run killed while writing leaves a temporary file behind; it is cleaned up, never read
-    (output_dir / "scores" / "pool" / ".chunk-000007.parquet.tmp-999").write_bytes(b"partial")
+    temporary_sibling(output_dir / "scores" / "pool" / "chunk-000007.parquet").write_bytes(b"partial")
     second = run_selection(arguments(workspace, output_dir))
     assert second.complete and second.chunks_reused == 3 and second.chunks_scored == 7
     assert json.loads((output_dir / "run_stats.json").read_text())["chunks_scored"] == 7
@@ -453,6 +507,25 @@ def test_killed_run_resumes_to_the_same_output(workspace, reference_run, tmp_pat
     # a third run re-scores nothing and writes the same dataset again
     third = run_selection(arguments(workspace, output_dir))
     assert third.chunks_scored == 0 and read_output(output_dir) == read_output(reference_run[0])
+
+
+def test_failed_rewrite_keeps_the_previous_outputs(workspace, reference_run, tmp_path, monkeypatch):
+    """A run that dies while writing selection.parquet (here: the disk fills up) leaves the previous
+    selection and dataset as they were, and no temporary files."""
+    output_dir = tmp_path / "again"
+    shutil.copytree(reference_run[0], output_dir)
+    before = {p.relative_to(output_dir).as_posix(): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+
+    def disk_full(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"PAR1" + bytes(16))  # what a writer leaves when it stops half-way
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_selection(arguments(workspace, output_dir))
+    after = {p.relative_to(output_dir).as_posix(): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    assert all(after[name] == before[name] for name in before if name not in ("run_stats.json", "run_config.json"))
 
 
 def test_sigkilled_runs_resume_to_the_same_output(workspace, reference_run, tmp_path):
@@ -469,14 +542,14 @@ def test_sigkilled_runs_resume_to_the_same_output(workspace, reference_run, tmp_
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
     run_until_killed("scoring", 4)  # 2 labeled + 2 pool shards written, the 5th half written
-    assert len(list(pool_scores.glob("chunk-*.parquet"))) == 2 and len(list(pool_scores.glob(".chunk-*.tmp-*"))) == 1
+    assert len(list(pool_scores.glob("chunk-*.parquet"))) == 2 and len(list(pool_scores.glob(".chunk-*.tmp"))) == 1
     run_until_killed("export", 30)  # resumes, scores the other 6 chunks, dies half-way through the dataset
     assert json.loads((output_dir / "run_stats.json").read_text())["chunks_reused"] == 4
-    assert (output_dir / ".dataset.partial").is_dir() and not (output_dir / "dataset").exists()
+    assert len(list(output_dir.glob(".dataset.*.partial"))) == 1 and not (output_dir / "dataset").exists()
     outcome = run_selection(arguments(workspace, output_dir))
     assert outcome.complete and outcome.chunks_scored == 0 and outcome.chunks_reused == 10
     assert read_output(output_dir) == read_output(reference_run[0])
-    assert not (output_dir / ".dataset.partial").exists() and not list(output_dir.rglob("*.tmp*"))
+    assert not list(output_dir.rglob("*.partial")) and not list(output_dir.rglob("*.tmp*"))
     for name in ("failures.jsonl", "README.md", "selection_stats.json"):
         assert (output_dir / "dataset" / name).read_text() == (reference_run[0] / "dataset" / name).read_text()
 
@@ -522,24 +595,25 @@ def test_bad_pool_inputs_are_clear_errors(workspace, tmp_path, monkeypatch):
         run_selection(arguments(workspace, tmp_path / "run", pool=[str(tmp_path / "empty")]))
 
 
-def test_push_to_hub_then_load_dataset_streaming(workspace, reference_run, tmp_path):
-    """--push_to_hub uploads the dataset folder; `load_dataset("s5/...", streaming=True)` then reads it."""
+def test_push_to_hub_twice_then_load_dataset_streaming(workspace, reference_run, tmp_path, hub):
+    """--push_to_hub uploads the dataset folder; pushed again with another shard count, the repo holds only the
+    second push's shards and `load_dataset("s5/...", streaming=True)` reads every selected row once."""
     from huggingface_hub import HfApi
-
-    from s5_hf.testing import LocalHub
 
     output_dir = tmp_path / "pushed"
     shutil.copytree(reference_run[0] / "scores", output_dir / "scores")  # merge and export only
-    shutil.copy(reference_run[0] / "run_config.json", output_dir / "run_config.json")
-    with LocalHub(tmp_path / "hub") as hub, hub.patched(tmp_path / "hf_home"):
-        outcome = run_selection(arguments(workspace, output_dir, push_to_hub=True, hub_model_id="s5/rs4p-tiny"))
-        assert outcome.chunks_scored == 0
-        streamed = datasets.load_dataset("s5/rs4p-tiny", split="train", streaming=True)
-        rows = list(streamed)
-        files = set(HfApi().list_repo_files("s5/rs4p-tiny", repo_type="dataset"))
-        assert hub.blocked == []
+    for name in ("run_config.json", ".s5-manifest.json"):
+        shutil.copy(reference_run[0] / name, output_dir / name)
+    outcome = run_selection(arguments(workspace, output_dir, push_to_hub=True, hub_model_id="s5/rs4p-tiny"))
+    assert outcome.chunks_scored == 0
+    first = {f for f in HfApi().list_repo_files("s5/rs4p-tiny", repo_type="dataset") if f.endswith(".parquet")}
+    assert first == {"data/train-00000-of-00001.parquet"}
+    run_selection(arguments(workspace, output_dir, push_to_hub=True, hub_model_id="s5/rs4p-tiny", min_shards=3))
+    files = set(HfApi().list_repo_files("s5/rs4p-tiny", repo_type="dataset"))
+    rows = list(datasets.load_dataset("s5/rs4p-tiny", split="train", streaming=True))
+    assert {f for f in files if f.endswith(".parquet")} == {f"data/train-{i:05d}-of-00003.parquet" for i in range(3)}
     _, expected = read_output(reference_run[0])
-    assert [r["id"] for r in rows] == [r["id"] for r in expected]
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in expected) and len(rows) == 60
     assert rows[0]["mask"].mode == "L" and rows[0]["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
     assert {"README.md", "entropy_histogram.png", "failures.jsonl", "selection_stats.json"} <= files
 
@@ -562,13 +636,13 @@ def test_parquet_pool_selects_like_the_folder_pool(workspace, reference_run, tmp
 def test_resume_refuses_scores_made_differently(workspace, reference_run, tmp_path):
     output_dir = tmp_path / "changed"
     run_selection(arguments(workspace, output_dir, max_chunks=1))
-    with pytest.raises(RuntimeError, match="image_size: 64 -> 32"):
+    with pytest.raises(ValueError, match="image_size: 64 -> 32"):
         run_selection(arguments(workspace, output_dir, image_size=32))
     # --no_resume starts over instead
     outcome = run_selection(arguments(workspace, output_dir, image_size=32, resume=False, max_chunks=1))
     assert outcome.chunks_reused == 0 and outcome.chunks_scored == 1
     (output_dir / "run_config.json").unlink()
-    with pytest.raises(RuntimeError, match="no run_config.json"):
+    with pytest.raises(ValueError, match="no run_config.json"):
         run_selection(arguments(workspace, output_dir, image_size=32))
 
 

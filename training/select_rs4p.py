@@ -15,6 +15,10 @@ On CPU, torchrun sets OMP_NUM_THREADS=1 unless it is set: scores are then equal 
 1 thread, and differ in the last bits from one with another thread count (the merge warns, the card records
 the environments). Set OMP_NUM_THREADS explicitly for bit-identical reruns.
 
+The output folder must be new, empty or one this command wrote: files it did not write are never deleted
+or overwritten (the run stops first and names them). Pool images that are not 8-bit RGB (16-bit, float, other
+band counts) or are constant are reported in failures.jsonl with the reason and skipped.
+
 Pool inputs: image folders with one subfolder per source, SOURCE=FOLDER, Parquet files or folders of them
 (`image` and `source` columns), datasets saved with save_to_disk, or Hub dataset ids.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,11 +55,60 @@ def _open_large(path: Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = previous
 
 
+#: Modes of 8-bit images that convert to RGB exactly: RGB itself, grey-scale (replicated), palette (looked up),
+#: and the same with an alpha band (dropped).
+RGB_CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA")
+_WIDE_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
+_WIDE_RAWMODE = re.compile(r";(16|32|64)[A-Z]?$")
+
+
+def stored_format(image: Image.Image) -> tuple[int, int | None]:
+    """(bits per band, stored bands or None if the mode's own) of an opened image, read *before* `load()`.
+
+    Pillow opens some files as a narrower mode than they store: 16-bit RGB PNG/TIFF as 8-bit "RGB" (keeping the
+    high bytes) and 4-band TIFFs as "RGB" (dropping a band); only the decoder's raw mode tells.
+    """
+    bits, bands = _WIDE_MODES.get(image.mode, 8), None
+    for tile in getattr(image, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+        if not isinstance(rawmode, str):
+            continue
+        if _WIDE_RAWMODE.search(rawmode) and not rawmode.startswith("BGR;"):  # BGR;15/16: packed 5-6-5 bits
+            bits = max(bits, int(_WIDE_RAWMODE.search(rawmode)[1]))
+        if rawmode.startswith("RGBX") and image.mode == "RGB":
+            bands = 4
+    return bits, bands
+
+
+def pixel_format_problem(image: Image.Image, bits: int = 8, bands: int | None = None) -> str | None:
+    """Why `image` cannot become 8-bit RGB without guessing a scaling or a band order; None when it can.
+
+    `bits` and `bands` are what `stored_format` read before the pixels were loaded.
+    """
+    if bits > 8:
+        return (
+            f"unsupported pixel format: {bits}-bit {image.mode} image; expected 8 bits per band (rescale it to 8 bits "
+            "first: the right scaling depends on the sensor, so it is not guessed)"
+        )
+    if image.mode not in RGB_CONVERTIBLE_MODES or bands is not None:
+        count = bands or len(image.getbands())
+        return (
+            f"unsupported pixel format: mode {image.mode!r} with {count} band(s); expected 8-bit RGB, RGBA, "
+            "grey-scale or palette images (convert other band layouts to RGB first)"
+        )
+    return None
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file; any failure becomes a `DataFileError` naming the file."""
+    """Open and fully decode an image file; any failure becomes a `DataFileError` naming the file.
+
+    The stored bits per band and band count (`stored_format`) are kept in ``image.info["s5_stored_format"]``.
+    """
     path = Path(path)
     try:
         image = _open_large(path)
+        image.info["s5_stored_format"] = stored_format(image)
         image.load()
     except FileNotFoundError:
         raise DataFileError(path, "file not found") from None
@@ -82,11 +132,12 @@ def read_rgb(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
         original bytes can be stored instead of a re-encoding.
     """
     image = open_image(path)
+    problem = pixel_format_problem(image, *image.info.get("s5_stored_format", (8, None)))
+    if problem is not None:
+        raise DataFileError(path, problem)
     if image.mode == "RGB":
         return np.asarray(image), True
-    if image.mode in ("RGBA", "L", "P", "LA", "PA"):
-        return np.asarray(image.convert("RGB")), False
-    raise DataFileError(path, f"unsupported image mode {image.mode!r}; expected 8-bit RGB, RGBA, grey-scale or palette")
+    return np.asarray(image.convert("RGB")), False
 
 
 def read_index_mask(path: str | os.PathLike) -> np.ndarray:
@@ -180,7 +231,9 @@ __all__ = [
     "decode_mask_bytes",
     "encode_png",
     "open_image",
+    "pixel_format_problem",
     "read_colour_mask",
     "read_index_mask",
     "read_rgb",
+    "stored_format",
 ]

@@ -10,18 +10,23 @@ Rows are streamed: at most one row group (100 rows or 64 MB) is held in memory. 
 encoded bytes (an image's original file, PNG masks); the `datasets` features go into the Parquet schema
 metadata and the card, so `load_dataset` decodes them as images.
 
-Shards are written under hidden temporary names (``data/.<split>-...tmp``, which no split pattern matches)
-and renamed only once all of them are complete: an interrupted run never leaves a partial shard under a
-final name. Writing a split again needs ``overwrite=True``; the old shards are then replaced.
+The new folder is built beside `out_dir` (files of other splits hard-linked, the new shards, card and
+manifest written and flushed) and swapped in whole (`s5_hf.files.staged_directory`): an interrupted run
+leaves the old folder as it was, and readers see the old shards with the old card or the new with the new.
+Writing a split again needs ``overwrite=True``; the old shards are then replaced. A manifest
+(``.s5-manifest.json``) lists what was written; a folder holding anything else (a README.md that s5-hf did
+not write or that was edited since, any unlisted file) is refused, never overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -37,6 +42,16 @@ from datasets.utils import tqdm as hf_tqdm
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
+from ..files import (
+    MANIFEST_NAME,
+    foreign_entries,
+    read_manifest,
+    recover_directory,
+    remove_stale_temporaries,
+    staged_directory,
+    write_manifest,
+    write_text,
+)
 from ..label_sets import LABEL_SETS, VOID_ID, LabelSet, get_label_set
 from .registry import BENCHMARKS, get_reader
 
@@ -46,6 +61,8 @@ ROW_GROUP_ROWS = 100
 ROW_GROUP_BYTES = 64 * 2**20
 _SHARD_NAME = re.compile(r"^(?P<split>\w+(?:\.\w+)*)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 _SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
+#: Manifest kind of the folders `to_parquet_shards` (and the RS4P export) write.
+SHARDS_KIND = "s5-hf parquet shards"
 
 
 @dataclass
@@ -298,7 +315,8 @@ def to_parquet_shards(
         dataset: a map-style or streaming dataset (streamed either way; memory stays bounded). Image
             columns are stored as their encoded bytes; a ``mask`` Image column is validated and stored as
             PNG (mode L).
-        out_dir: folder to write; other splits already in it are kept and listed in the card.
+        out_dir: folder to write; other splits already in it are kept and listed in the card. A folder holding
+            files that s5-hf did not write is refused (FileExistsError naming them), never changed.
         shard_size_mb: a shard is closed once its rows reach this many MB of encoded data.
         card: card metadata (`DatasetCardInfo` or a dict of its fields). Default: the benchmark's own
             (licence, citation, description) when every row has the same known ``source``.
@@ -323,6 +341,11 @@ def to_parquet_shards(
         raise ValueError(f"shard_size_mb must be positive, got {shard_size_mb}")
     card = _card_fields(card)
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():  # swap the folder the link points to, not the link
+        out_dir = out_dir.resolve()
+    recover_directory(out_dir)
+    remove_stale_temporaries(out_dir, "partial")  # staged folders of an interrupted run
+    check_output_folder(out_dir)
     data_dir = out_dir / "data"
     existing = sorted(p for p in data_dir.glob(f"{split}-*.parquet") if _SHARD_NAME.match(p.name))
     if existing and not overwrite:
@@ -330,9 +353,10 @@ def to_parquet_shards(
             f"{data_dir} already holds {len(existing)} shard(s) of split {split!r} (e.g. {existing[0].name}); "
             "pass overwrite=True to replace them."
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob(f".{split}-*.parquet.tmp"):  # left by an interrupted run
-        stale.unlink()
+    # Everything the card needs from the old folder and the arguments is checked before any row is written.
+    previous_statistics = _previous_statistics(out_dir)
+    _check_card(card, label_set)
+    manifest = read_manifest(out_dir) or {}
 
     features = _features_of(dataset)
     image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
@@ -341,25 +365,35 @@ def to_parquet_shards(
         {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
     )
     checker = _MaskCheck(label_set, validate)
-    writer = _RollingWriter(data_dir, split, schema, int(shard_size_mb * 2**20))
     sources: Counter[str] = Counter()
-    try:
-        total = len(dataset) if isinstance(dataset, datasets.Dataset) else None
-        progress = hf_tqdm(_rows(dataset, image_columns), total=total, desc=f"Writing {split} shards", unit=" rows")
-        for index, row in enumerate(progress):
-            row_id = str(row.get("id", f"#{index}"))
-            source = row.get("source")
-            size = 0
-            for column in image_columns:
-                row[column] = _image_bytes(row[column], column, row_id)
-                if row[column] is not None:
-                    if column == "mask" and check_mask:
-                        row[column]["bytes"] = checker(row[column]["bytes"], row_id, source)
-                    size += len(row[column]["bytes"])
-            size += sum(len(v) for v in row.values() if isinstance(v, str))
-            sources[str(source)] += 1
-            writer.add(row, size)
-        writer.close()
+    # The new folder is built beside the old one (kept files hard-linked, new shards and card written) and
+    # swapped in whole: a reader sees the old shards and card or the new ones, never a mix.
+    with staged_directory(out_dir) as staging:
+        replaced = {MANIFEST_NAME, "README.md", *(f"data/{p.name}" for p in existing)}
+        kept = _link_tree(out_dir, staging, skip=replaced)
+        staged_data = staging / "data"
+        staged_data.mkdir(exist_ok=True)
+        writer = _RollingWriter(staged_data, split, schema, int(shard_size_mb * 2**20))
+        try:
+            total = len(dataset) if isinstance(dataset, datasets.Dataset) else None
+            progress = hf_tqdm(
+                _rows(dataset, image_columns), total=total, desc=f"Writing {split} shards", unit=" rows"
+            )
+            for index, row in enumerate(progress):
+                row_id = str(row.get("id", f"#{index}"))
+                source = row.get("source")
+                size = 0
+                for column in image_columns:
+                    row[column] = _image_bytes(row[column], column, row_id)
+                    if row[column] is not None:
+                        if column == "mask" and check_mask:
+                            row[column]["bytes"] = checker(row[column]["bytes"], row_id, source)
+                        size += len(row[column]["bytes"])
+                size += sum(len(v) for v in row.values() if isinstance(v, str))
+                sources[str(source)] += 1
+                writer.add(row, size)
+        finally:
+            writer.close()
         num_rows = sum(writer.rows_per_file)
         if num_rows < min_shards and not (num_rows == 0 and min_shards == 1):
             raise ValueError(f"The dataset has {num_rows} rows, fewer than min_shards={min_shards}.")
@@ -371,37 +405,124 @@ def to_parquet_shards(
             paths, counts = _repartition(writer, min_shards)
         else:
             paths, counts = writer.paths, writer.rows_per_file
-    except BaseException:
-        writer.close()
-        for path in data_dir.glob(f".{split}-*.parquet.tmp"):
-            path.unlink()
-        raise
+        names = []
+        for index, path in enumerate(paths):  # final names, inside the staged folder
+            names.append(f"{split}-{index:05d}-of-{len(paths):05d}.parquet")
+            path.rename(staged_data / names[-1])
+        staged = [staged_data / name for name in names]
 
-    for old in existing:
-        old.unlink()
-    final = []
-    for index, path in enumerate(paths):
-        target = data_dir / f"{split}-{index:05d}-of-{len(paths):05d}.parquet"
-        os.replace(path, target)
-        final.append(target)
-
-    statistics = {
-        "num_examples": int(sum(counts)),
-        "num_shards": len(final),
-        "num_bytes": int(sum(path.stat().st_size for path in final)),
-        "sources": dict(sorted(sources.items())),
-        "mask_sizes": None
-        if checker.size_range is None
-        else {"height": checker.size_range[:2], "width": checker.size_range[2:]},
-        "class_pixels": {
-            name: {int(k): int(v) for k, v in enumerate(counts_) if v} for name, counts_ in checker.pixels.items()
-        },
-    }
-    _write_card(out_dir, split, features, statistics, _card_info(card, label_set, sources))
+        statistics = {
+            "num_examples": int(sum(counts)),
+            "num_shards": len(staged),
+            "num_bytes": int(sum(path.stat().st_size for path in staged)),
+            "sources": dict(sorted(sources.items())),
+            "mask_sizes": None
+            if checker.size_range is None
+            else {"height": checker.size_range[:2], "width": checker.size_range[2:]},
+            "class_pixels": {
+                name: {int(k): int(v) for k, v in enumerate(counts_) if v} for name, counts_ in checker.pixels.items()
+            },
+        }
+        readme = _write_card(staging, split, features, statistics, _card_info(card, label_set, sources),
+                             previous_statistics)
+        owned = {f for f in manifest.get("files", []) if f in kept} | {f"data/{name}" for name in names}
+        write_manifest(staging, SHARDS_KIND, owned | {"README.md"}, readme_sha256=readme)
+    final = [data_dir / name for name in names]
     logger.info(
         "Wrote %d rows of split %r to %d shard(s) in %s", statistics["num_examples"], split, len(final), data_dir
     )
     return final
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """Refuse a folder holding files that `to_parquet_shards` (or the RS4P export) did not write.
+
+    Such files are never deleted or replaced: a ``README.md`` not written by s5-hf, or edited since, counts
+    as foreign, as does any file its manifest does not list (hidden files excepted).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder: choose a folder for the dataset.")
+    foreign = foreign_entries(out_dir, SHARDS_KIND)
+    readme = out_dir / "README.md"
+    if readme.is_file() and "README.md" not in foreign:
+        manifest = read_manifest(out_dir) or {}
+        if manifest.get("readme_sha256") != _digest(readme):
+            foreign.insert(0, "README.md (edited since s5-hf wrote it)")
+    if foreign:
+        listed = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise FileExistsError(
+            f"{out_dir} holds files that s5-hf did not write: {listed}. They are never deleted or replaced: "
+            "write to a new or empty folder, or move them away."
+        )
+
+
+def claim_files(folder: str | os.PathLike, names: list[str]) -> None:
+    """Add `names` (relative paths) to the manifest `to_parquet_shards` wrote in `folder` (e.g. reports the
+    RS4P export puts beside the shards), so that a later write may replace them."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("kind") != SHARDS_KIND:
+        raise ValueError(f"{folder} has no manifest of to_parquet_shards to add {names} to.")
+    files = set(manifest.pop("files")) | set(names)
+    write_manifest(folder, manifest.pop("kind"), files, **manifest)
+
+
+def keep_hidden_files(old: str | os.PathLike, new: str | os.PathLike) -> set[str]:
+    """Hard-link the hidden files of folder `old` (e.g. a clone's ``.gitattributes``; not the manifest) into
+    `new`, a folder that is about to replace it, so the swap does not delete them."""
+    def hidden(relative: str) -> bool:
+        return relative != MANIFEST_NAME and any(part.startswith(".") for part in relative.split("/"))
+
+    return _link_tree(Path(old), Path(new), skip=set(), keep=hidden)
+
+
+def _link_tree(source: Path, target: Path, skip: set[str], keep=None) -> set[str]:
+    """Hard-link (or copy, where links fail) every file of `source` into `target` except the relative paths
+    in `skip` (and, with `keep`, those it rejects); returns the relative paths linked."""
+    linked = set()
+    if not source.is_dir():
+        return linked
+    for directory, subdirectories, names in os.walk(source):
+        relative_dir = Path(directory).relative_to(source)
+        # os.walk lists links to folders with the folders but does not enter them: keep them as links.
+        links = [name for name in subdirectories if Path(directory, name).is_symlink()]
+        for name in links + names:
+            relative = (relative_dir / name).as_posix()
+            if relative in skip or (keep is not None and not keep(relative)):
+                continue
+            (target / relative_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(Path(directory, name), target / relative, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(Path(directory, name), target / relative, follow_symlinks=False)
+            linked.add(relative)
+    return linked
+
+
+def _previous_statistics(out_dir: Path) -> dict:
+    """The per-split statistics of the card already in `out_dir` (empty when there is none)."""
+    readme = out_dir / "README.md"
+    if not readme.is_file():
+        return {}
+    try:
+        data = DatasetCard.load(readme).data.to_dict()
+    except Exception as error:  # noqa: BLE001 - YAML and card errors come in many types
+        raise ValueError(f"{readme}: the dataset card does not parse ({error}); fix it or move it away.") from None
+    return data.get("s5_statistics") or {}
+
+
+def _check_card(card: DatasetCardInfo | dict, label_set) -> None:
+    """Build the card's metadata with the given fields (no rows yet), so a bad field fails before any write."""
+    info = _card_info(card, label_set, Counter())
+    if info.label_set:
+        get_label_set(info.label_set)
+    empty = {"num_examples": 0, "num_shards": 0, "num_bytes": 0, "sources": {}, "mask_sizes": None,
+             "class_pixels": {}}
+    _card_content("train", datasets.Features({"id": datasets.Value("string")}), empty, info, {})
 
 
 def _card_fields(card: DatasetCardInfo | Mapping | None) -> DatasetCardInfo | dict:
@@ -441,15 +562,22 @@ def _splits_on_disk(data_dir: Path) -> dict[str, list[Path]]:
 
 
 def _write_card(
-    out_dir: Path, split: str, features: datasets.Features, statistics: dict, info: DatasetCardInfo
-) -> None:
+    out_dir: Path, split: str, features: datasets.Features, statistics: dict, info: DatasetCardInfo,
+    previous_statistics: dict,
+) -> str:
+    """Write README.md into `out_dir` (whose data/ holds every split's shards); returns its SHA-256."""
+    content = _card_content(split, features, statistics, info, previous_statistics, _splits_on_disk(out_dir / "data"))
     readme = out_dir / "README.md"
-    all_statistics: dict = {}
-    if readme.is_file():
-        previous = DatasetCard.load(readme).data.to_dict()
-        all_statistics = previous.get("s5_statistics") or {}
-    all_statistics[split] = statistics
-    on_disk = _splits_on_disk(out_dir / "data")
+    write_text(readme, content)
+    return _digest(readme)
+
+
+def _card_content(
+    split: str, features: datasets.Features, statistics: dict, info: DatasetCardInfo, previous_statistics: dict,
+    on_disk: dict | None = None,
+) -> str:
+    on_disk = {split: []} if on_disk is None else on_disk
+    all_statistics = {**previous_statistics, split: statistics}
     all_statistics = {name: stats for name, stats in all_statistics.items() if name in on_disk}
 
     label_set = get_label_set(info.label_set) if info.label_set else None
@@ -471,7 +599,10 @@ def _write_card(
             data.license_link = info.homepage
     split_dict = datasets.SplitDict()
     for name, stats in all_statistics.items():
-        split_dict.add(datasets.SplitInfo(name=name, num_bytes=stats["num_bytes"], num_examples=stats["num_examples"]))
+        if stats:
+            split_dict.add(
+                datasets.SplitInfo(name=name, num_bytes=stats["num_bytes"], num_examples=stats["num_examples"])
+            )
     DatasetInfosDict({"default": DatasetInfo(features=features, splits=split_dict)}).to_dataset_card_data(data)
     if label_set is not None:
         data.label_set = {
@@ -484,9 +615,8 @@ def _write_card(
         }
     data.s5_statistics = all_statistics
     content = f"---\n{data.to_yaml()}\n---\n" + _card_markdown(info, features, label_set, all_statistics)
-    temporary = out_dir / f".README.md.{uuid.uuid4().hex[:8]}.tmp"
-    DatasetCard(content).save(temporary)
-    os.replace(temporary, readme)
+    # Parsed and serialised again as DatasetCard.save does: a card whose YAML does not load is never written.
+    return str(DatasetCard(content))
 
 
 def _card_markdown(
@@ -567,4 +697,5 @@ def _card_markdown(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DatasetCardInfo", "to_parquet_shards"]
+__all__ = ["SHARDS_KIND", "DatasetCardInfo", "check_output_folder", "claim_files", "keep_hidden_files",
+           "to_parquet_shards"]

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.shards import DatasetCardInfo, to_parquet_shards
+from ..files import atomic_write
 from .pool import Chunk, ImagePool
 from .scoring import ScoreStore, decode_image, image_digest
 
@@ -125,9 +126,9 @@ def write_dataset(
 
 
 def write_failures(failures: Iterable[dict], path: str | os.PathLike) -> int:
-    """One JSON object per failed image: id, source, reason, chunk."""
+    """One JSON object per failed image: id, source, reason, chunk (written atomically)."""
     count = 0
-    with open(path, "w") as handle:
+    with atomic_write(path, "w") as handle:
         for failure in failures:
             handle.write(json.dumps(failure) + "\n")
             count += 1

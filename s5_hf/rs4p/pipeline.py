@@ -23,6 +23,12 @@ Output folder:
     selection.parquet                   the selection in ascending-entropy order (rank, id, cluster, ...)
     dataset/                            the selected dataset: data/*.parquet, README.md (card),
                                         entropy_histogram.png, failures.jsonl, selection_stats.json
+    .s5-manifest.json                   what the run wrote (dataset/ has its own manifest)
+
+Every file is written under a temporary name and renamed when complete (`s5_hf.files`); `dataset/` is built
+beside the old one and swapped in whole. A run refuses an output folder holding files it did not write
+(listed in the error), so it never deletes or overwrites anything else; everything that can be checked
+without the model's scores (folder, sizes, model options) is checked before scoring starts.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -45,7 +50,18 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
 
-from ..data.shards import DatasetCardInfo
+from ..data.shards import DatasetCardInfo, check_output_folder, claim_files, keep_hidden_files
+from ..files import (
+    atomic_path,
+    foreign_entries,
+    recover_directory,
+    remove_stale_temporaries,
+    staged_directory,
+    stale_temporaries,
+    write_json,
+    write_manifest,
+    write_text,
+)
 from ..label_sets import LABEL_SETS
 from .export import class_share, write_dataset, write_failures
 from .kmeans import assign_to_prototypes, spherical_kmeans
@@ -59,12 +75,16 @@ from .report import (
     entropy_summary,
     write_entropy_histogram,
 )
-from .scoring import ChunkScorer, ScoreStore, ScoringOptions, environment_of
+from .scoring import SHARD_NAME, TEMPORARY_NAME, ChunkScorer, ScoreStore, ScoringOptions, environment_of
 from .selection import select_by_quota
 
 logger = get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Manifest kind of a run's output folder, and the files the run writes at its top level.
+RUN_KIND = "s5-hf rs4p run"
+RUN_FILES = ("run_config.json", "run_stats.json", "selection.parquet")
+DATASET_DIR = "dataset"
 
 
 @dataclass
@@ -192,10 +212,63 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_run_folder(out: Path) -> None:
+    """Refuse an output folder holding files a selection run did not write (hidden files excepted): the run
+    replaces its own files and never deletes or overwrites anything else."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output_dir {out} is a file: choose a folder for the selection run.")
+    dataset = out / DATASET_DIR
+    recover_directory(dataset)
+    ours = [p.relative_to(out).as_posix() for kind in ("labeled", "pool") for p in
+            ((out / "scores" / kind).iterdir() if (out / "scores" / kind).is_dir() else ())
+            if SHARD_NAME.match(p.name) or TEMPORARY_NAME.match(p.name)]
+    ours += [p.relative_to(out).as_posix() for p in dataset.rglob("*")] if dataset.is_dir() else []
+    foreign = foreign_entries(out, RUN_KIND, allowed=ours)
+    if foreign:
+        listed = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise FileExistsError(
+            f"output_dir {out} holds files that a selection run did not write: {listed}. They are never deleted "
+            "or replaced: use a new or empty output_dir, or move them away."
+        )
+    check_output_folder(dataset)  # the dataset folder: only what its manifest lists, the card unedited
+
+
+def check_before_scoring(args: SelectionArguments, model_config, pool: ImagePool, labeled: ImagePool) -> None:
+    """What would otherwise fail only after the whole scoring pass: sizes, and the model options."""
+    problems = []
+    if len(pool) < args.target_size:
+        problems.append(
+            f"the pool holds {len(pool)} images, fewer than target_size={args.target_size} (every image would be "
+            "selected, which is no selection): lower --target_size or add images"
+        )
+    if len(labeled) < args.num_clusters:
+        problems.append(
+            f"the labeled set holds {len(labeled)} images, fewer than num_clusters={args.num_clusters} (K-Means "
+            "needs at least one image per cluster): lower --num_clusters"
+        )
+    if args.target_size < args.min_shards:
+        problems.append(f"target_size={args.target_size} is smaller than min_shards={args.min_shards} (every "
+                        "output shard needs a row)")
+    try:
+        task = model_config.get_task(args.task or model_config.default_task)
+    except (KeyError, ValueError) as error:
+        problems.append(f"--task {args.task!r}: {error}")
+    else:
+        num_classes = len(task["id2label"])
+        if args.background is not None and not 0 <= args.background < num_classes:
+            problems.append(f"background_id={args.background_id} is not a class of task {task['name']!r} "
+                            f"(0..{num_classes - 1}); pass -1 to exclude no class")
+    if args.image_size % model_config.patch_size:
+        problems.append(f"image_size={args.image_size} is not a multiple of the model's patch size "
+                        f"({model_config.patch_size})")
+    if problems:
+        raise ValueError("Cannot start the selection: " + "; ".join(problems) + ".")
+
+
 def _plan(args: SelectionArguments, out: Path, config: dict, stores: dict[str, ScoreStore],
           pool: ImagePool, labeled: ImagePool, chunks: dict[str, list[Chunk]]) -> dict[str, list[int]]:
     """Main process: validate or start the run folder; return the chunk indices that still need scoring."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out)
     config_path = out / "run_config.json"
     if config_path.exists() and args.resume:
         previous = json.loads(config_path.read_text())
@@ -205,17 +278,17 @@ def _plan(args: SelectionArguments, out: Path, config: dict, stores: dict[str, S
                 f"{out} holds scores made with other inputs or settings ({'; '.join(changed[:6])}). Use another "
                 "output_dir, or --no_resume to score everything again."
             )
-    elif args.resume and any(any(store.directory.glob("chunk-*.parquet")) for store in stores.values()):
+    elif args.resume and any(store.shards() for store in stores.values()):
         raise ValueError(
             f"{out} has score shards but no run_config.json, so what they were scored with is unknown. Use "
             "another output_dir, or --no_resume to score everything again."
         )
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, RUN_KIND, RUN_FILES)  # before the first file it lists
     if not args.resume:
         for store in stores.values():
-            shutil.rmtree(store.directory, ignore_errors=True)
-    temporary = config_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(config, indent=2))
-    os.replace(temporary, config_path)
+            store.clear()
+    write_json(config_path, config, indent=2)
     missing = {}
     for kind, images in (("labeled", labeled), ("pool", pool)):
         removed = stores[kind].remove_temporaries()
@@ -248,18 +321,23 @@ def run_selection(args: SelectionArguments, model: torch.nn.Module | None = None
                 f"PATH/<source>/**/<image> with one of the extensions {sorted(IMAGE_EXTENSIONS)}; Parquet and "
                 "datasets need rows with an 'image' column."
             )
+    check_before_scoring(args, model.config, pool, labeled)
     chunks = {"pool": pool.chunks(args.chunk_size), "labeled": labeled.chunks(args.chunk_size)}
     stores = {kind: ScoreStore(out / "scores" / kind) for kind in chunks}
     config = _run_config(args, pool, labeled, identity)
 
     plan: list = [None]
+    failure = None
     if state.is_main_process:
         try:
             plan = [{"missing": _plan(args, out, config, stores, pool, labeled, chunks), "config": config}]
         except Exception as error:
+            failure = error
             plan = [{"error": f"{type(error).__name__}: {error}"}]
     broadcast_object_list(plan)
     plan = plan[0]
+    if failure is not None:
+        raise failure
     if "error" in plan:
         raise RuntimeError(f"Selection run set-up failed on the main process: {plan['error']}")
     if _differences(plan["config"], config):
@@ -289,9 +367,9 @@ def run_selection(args: SelectionArguments, model: torch.nn.Module | None = None
         chunks_scored=scored_total, missing_chunks=len(still_missing),
     )
     if state.is_main_process:
-        (out / "run_stats.json").write_text(json.dumps(
-            {k: v for k, v in asdict(outcome).items() if k in ("complete", "chunks_total", "chunks_reused",
-                                                                "chunks_scored", "missing_chunks")}, indent=2))
+        write_json(out / "run_stats.json",
+                   {k: v for k, v in asdict(outcome).items() if k in ("complete", "chunks_total", "chunks_reused",
+                                                                       "chunks_scored", "missing_chunks")}, indent=2)
     if still_missing:
         logger.warning(f"{len(still_missing)} chunks are not scored yet (max_chunks): run again to resume.")
         return outcome
@@ -414,13 +492,14 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
 
     labeled_scores = _read_scores(stores["labeled"], chunks["labeled"], feature_dim, with_scores=False)
     if labeled_scores.errors:
-        logger.warning(f"{len(labeled_scores.errors)} labeled images could not be read and are left out of the "
-                       "clustering (see failures.jsonl).")
+        logger.warning(f"{len(labeled_scores.errors)} labeled images could not be scored and are left out of the "
+                       f"clustering ({_reason_counts(labeled_scores.errors)}; listed in failures.jsonl).")
     labeled_features = labeled_scores.features[labeled_scores.ok]
     if len(labeled_features) < args.num_clusters:
         raise ValueError(
-            f"Only {len(labeled_features)} labeled images could be scored, fewer than num_clusters="
-            f"{args.num_clusters}: lower --num_clusters or fix the labeled set (see the warnings above)."
+            f"Only {len(labeled_features)} of {len(labeled_scores.ok)} labeled images could be scored, fewer than "
+            f"num_clusters={args.num_clusters}; the others failed with: {_reason_counts(labeled_scores.errors)}. "
+            "Lower --num_clusters or fix the labeled set."
         )
     logger.info(f"K-Means of {len(labeled_features)} labeled features into {args.num_clusters} clusters.")
     kmeans = spherical_kmeans(labeled_features, args.num_clusters, seed=args.seed, max_iter=args.kmeans_max_iter)
@@ -454,21 +533,15 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
         "chunk": scores.chunk[picked],
         "row": scores.row[picked],
     })
-    pq.write_table(selection, out / "selection.parquet")
+    with atomic_path(out / "selection.parquet") as temporary:
+        pq.write_table(selection, temporary)
 
-    staging = out / ".dataset.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     failures = [
         {"id": found.ids[p], "source": found.sources[p], "reason": reason, "set": name, "chunk": int(found.chunk[p])}
         for name, found in (("pool", scores), ("labeled", labeled_scores))
         for p, reason in found.errors
     ]
-    write_failures(failures, staging / FAILURES_FILE)
-
     stats = _statistics(args, task, scores, candidates, picked, clusters, result, kmeans, environments)
-    write_entropy_histogram(scores.entropy[candidates], scores.entropy[picked], staging / HISTOGRAM_FILE)
-    (staging / "selection_stats.json").write_text(stats.to_json())
     label_set = task["name"] if task["name"] in LABEL_SETS else None
     card = DatasetCardInfo(
         pretty_name=args.dataset_name,
@@ -481,14 +554,29 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
         tags=["remote-sensing", "semantic-segmentation", "s5", "rs4p", "pseudo-labels", "semi-supervised"],
         notes=card_notes(stats),
     )
-    write_dataset(pool, chunks["pool"], stores["pool"], out / "selection.parquet", args.image_size, staging, card,
-                  shard_size_mb=args.shard_size_mb, min_shards=args.min_shards, label_set=label_set)
-
-    final = out / "dataset"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
+    final = out / DATASET_DIR
+    for staged in stale_temporaries(final, "partial"):  # folders of a killed export, and the shard writer's inside
+        remove_stale_temporaries(staged, "partial")
+    remove_stale_temporaries(final, "partial")
+    check_output_folder(final)  # again: the folder may have changed while the pool was scored
+    # The whole folder is built beside the old one and swapped in: a reader never sees a mix of two runs.
+    with staged_directory(final) as staging:
+        keep_hidden_files(final, staging)
+        write_dataset(pool, chunks["pool"], stores["pool"], out / "selection.parquet", args.image_size, staging,
+                      card, shard_size_mb=args.shard_size_mb, min_shards=args.min_shards, label_set=label_set)
+        write_failures(failures, staging / FAILURES_FILE)
+        write_entropy_histogram(scores.entropy[candidates], scores.entropy[picked], staging / HISTOGRAM_FILE)
+        write_text(staging / "selection_stats.json", stats.to_json())
+        claim_files(staging, [FAILURES_FILE, HISTOGRAM_FILE, "selection_stats.json"])
     logger.info(f"Selected {len(picked)} images -> {final}")
     return final, stats
+
+
+def _reason_counts(errors: list[tuple[int, str]], limit: int = 5) -> str:
+    """'N x reason' for the most common failure reasons."""
+    counts = Counter(reason for _, reason in errors).most_common()
+    text = ", ".join(f"{n} x {reason!r}" for reason, n in counts[:limit])
+    return text + (f", and {len(counts) - limit} other reasons" if len(counts) > limit else "") if counts else "none"
 
 
 def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, result, kmeans,
@@ -530,13 +618,12 @@ def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, r
 
 
 def _push(args: SelectionArguments, folder: Path) -> None:
-    from huggingface_hub import HfApi
+    # The one publishing path: it checks the folder streams with `datasets`, and its commit deletes the shards of
+    # an earlier push that this one does not replace (otherwise they would be read as duplicated rows).
+    from ..hub import publish_dataset
 
-    api = HfApi()
-    api.create_repo(args.hub_model_id, repo_type="dataset", private=args.hub_private, exist_ok=True)
-    api.upload_folder(repo_id=args.hub_model_id, repo_type="dataset", folder_path=str(folder),
-                      commit_message="RS4P selection")
-    logger.info(f"Uploaded {folder} to the Hub dataset repo {args.hub_model_id}.")
+    result = publish_dataset(folder, args.hub_model_id, private=args.hub_private, commit_message="RS4P selection")
+    logger.info(f"Uploaded {folder} to the Hub dataset repo {args.hub_model_id}: {result['commit_url']}")
 
 
 __all__ = ["SelectionArguments", "SelectionOutcome", "run_selection"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..files import atomic_path
+
 HISTOGRAM_FILE = "entropy_histogram.png"
 FAILURES_FILE = "failures.jsonl"
 
@@ -82,7 +84,8 @@ def write_entropy_histogram(pool: np.ndarray, selected: np.ndarray, path: str | 
         draw.rectangle([x, 12, x + 12, 24], fill=colour)
         draw.text((x + 16, 12), label, fill="black", font=font)
     path = Path(path)
-    canvas.save(path)
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
     return path
 
 

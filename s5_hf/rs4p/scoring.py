@@ -7,10 +7,14 @@ long as the numeric environment is the same: CPU kernels split work by intra-op 
 with 1 thread (torchrun's default OMP_NUM_THREADS) and with 2 differs in the last bits of the logits. Each
 shard records its environment (`scoring_environment`) and the merge warns when they differ.
 
-Image handling (documented choice; the paper's pool is 512x512 patches): images are decoded with Pillow,
-converted to 8-bit RGB, and resized bilinearly to `image_size` x `image_size` if they are not already that
-size. Pseudo-labels are at `image_size`. Cutting large scenes into patches is a preprocessing step before
-selection.
+Image handling (documented choice; the paper's pool is 512x512 patches): images are decoded with Pillow and
+resized bilinearly to `image_size` x `image_size` if they are not already that size. Pseudo-labels are at
+`image_size`. Cutting large scenes into patches is a preprocessing step before selection. Only images that
+become 8-bit RGB exactly are scored (RGB, grey-scale, palette, with or without alpha); 16-bit, float and
+other band layouts are reported and skipped with their format as the reason, since a scaling to 8 bits would
+be a guess (a 16-bit tile read as 8 bits is nearly black, and black images have the lowest entropy, so they
+would win the ranking). Constant images (every pixel the same colour, e.g. no-data tiles) are skipped with
+the reason "constant image" for the same reason.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from ..data.images import pixel_format_problem, stored_format
+from ..files import atomic_path
 from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
 from .entropy import score_logits
 from .kmeans import l2_normalize
@@ -66,13 +72,31 @@ def image_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+class UnusableImage(ValueError):
+    """An image that decodes but cannot be scored as it is; the message is the reason recorded for it."""
+
+
+CONSTANT_IMAGE = "constant image"
+
+
+def _is_constant(pixels: np.ndarray) -> bool:
+    """Every pixel the same colour; the first row settles almost every real image at a fraction of the cost."""
+    first = pixels[:1, :1]
+    return bool((pixels[0] == first[0]).all() and (pixels == first).all())
+
+
 def decode_image(data: bytes, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to `(image_size, image_size, 3)` uint8 RGB; also returns the original (height, width).
 
-    Raises whatever Pillow raises on a corrupt file; callers record it as a per-image failure.
+    Raises `UnusableImage` for pixel formats that are not 8-bit RGB-convertible (see the module docstring),
+    and whatever Pillow raises on a corrupt file; callers record either as a per-image failure.
     """
     with Image.open(io.BytesIO(data)) as image:
+        stored = stored_format(image)  # before load(): Pillow narrows some formats while loading
         image.load()
+        problem = pixel_format_problem(image, *stored)
+        if problem is not None:
+            raise UnusableImage(problem)
         size = (image.height, image.width)
         rgb = image.convert("RGB")
     if rgb.size != (image_size, image_size):
@@ -170,8 +194,14 @@ class ChunkScorer:
             row["digest"] = image_digest(raw.data)
             try:
                 pixels, (row["height"], row["width"]) = decode_image(raw.data, self.options.image_size)
+            except UnusableImage as error:
+                row["error"] = str(error)
+                continue
             except Exception as error:  # per-image policy: any decoding failure is recorded, never fatal
                 row["error"] = f"cannot decode image: {type(error).__name__}: {_without_addresses(error)}"
+                continue
+            if _is_constant(pixels):
+                row["error"] = CONSTANT_IMAGE
                 continue
             pending.append((len(rows) - 1, pixels))
             if len(pending) == self.options.batch_size:
@@ -248,6 +278,10 @@ class ChunkScorer:
         return table.replace_schema_metadata({ENVIRONMENT_KEY: scoring_environment(self.device, self.dtype).encode()})
 
 
+SHARD_NAME = re.compile(r"^chunk-\d{6,}\.parquet$")
+TEMPORARY_NAME = re.compile(r"^\.chunk-\d{6,}\.parquet\.[0-9a-f]{8}\.tmp$")  # files.temporary_sibling
+
+
 class ScoreStore:
     """A folder of score shards, `chunk-<index>.parquet`, each written atomically (temporary name, rename)."""
 
@@ -260,17 +294,35 @@ class ScoreStore:
     def write(self, chunk_index: int, table: pa.Table) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path(chunk_index)
-        temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        pq.write_table(table, temporary)
-        os.replace(temporary, final)  # atomic: a killed run leaves a stray temporary, never a half shard
+        with atomic_path(final) as temporary:  # a killed run leaves a stray temporary, never a half shard
+            pq.write_table(table, temporary)
         return final
+
+    def shards(self) -> list[Path]:
+        """The score shards in the folder."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if SHARD_NAME.match(p.name))
+
+    def temporaries(self) -> list[Path]:
+        """Unfinished shards that killed runs left behind."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if TEMPORARY_NAME.match(p.name))
 
     def remove_temporaries(self) -> int:
         """Delete temporaries left by killed runs (call while no process is writing)."""
-        stale = list(self.directory.glob(".chunk-*.parquet.tmp-*")) if self.directory.exists() else []
+        stale = self.temporaries()
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
+
+    def clear(self) -> int:
+        """Delete the score shards and temporaries (only those: names this class writes)."""
+        removed = self.shards() + self.temporaries()
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return len(removed)
 
     def is_complete(self, chunk: Chunk, expected_ids: Sequence[str]) -> bool:
         """Whether the chunk's shard exists and holds exactly its images; a damaged shard is reported."""
@@ -289,5 +341,5 @@ class ScoreStore:
         return True
 
 
-__all__ = ["ChunkScorer", "ScoreStore", "ScoringOptions", "decode_image", "encode_mask", "environment_of",
-           "image_digest", "score_schema", "scoring_environment", "to_pixel_values"]
+__all__ = ["CONSTANT_IMAGE", "ChunkScorer", "ScoreStore", "ScoringOptions", "UnusableImage", "decode_image",
+           "encode_mask", "environment_of", "image_digest", "score_schema", "scoring_environment", "to_pixel_values"]
