@@ -49,6 +49,8 @@ MODEL_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 DATASET_PATTERNS = ["README.md", "data/**", "*.parquet", "*.json", "*.jsonl", "*.png"]
 STALE_DATASET_PATTERNS = ["data/**", "*.parquet"]
+# Hidden files are local bookkeeping (the ownership manifest, temporaries of an interrupted write), not data.
+LOCAL_ONLY_PATTERNS = [".*", "**/.*"]
 LORA_FOLDER = "lora"  # s5_hf.lora.ADAPTER_FOLDER (not imported here: that module needs peft)
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -418,6 +420,7 @@ def publish_dataset(
     commit = api.upload_folder(
         repo_id=repo_id, repo_type="dataset", folder_path=str(folder), allow_patterns=DATASET_PATTERNS,
         delete_patterns=STALE_DATASET_PATTERNS, commit_message=commit_message or "Upload dataset",
+        ignore_patterns=LOCAL_ONLY_PATTERNS,
     )
     result["commit_url"] = commit.commit_url
     return result

@@ -243,6 +243,9 @@ def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
     shards = sorted(f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
                     if f.endswith(".parquet"))
     assert shards == sorted(p.relative_to(path).as_posix() for p in path.rglob("*.parquet")) and len(shards) == 3
+    assert (path / ".s5-manifest.json").is_file()  # local bookkeeping, kept off the Hub
+    assert not [f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+                if Path(f).name.startswith(".") and f != ".gitattributes"]
     streamed = [row["id"] for row in datasets.load_dataset(args.hub_model_id, split="train", streaming=True)]
     assert sorted(streamed) == new["id"]  # the new rows, each once
 
