@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 # index, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`, to avoid a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-# Optional extras installed with the package: `test` (pytest), `geo` (rasterio: GeoTIFF inference and its test) and
-# `demo` (gradio: the Space app, which tests/test_demo.py launches on loopback).
-EXTRAS ?= test,geo,demo
+# Optional extras installed with the package: `test` (pytest), `geo` (rasterio: GeoTIFF inference and its test),
+# `demo` (gradio: the Space app, which tests/test_demo.py launches on loopback) and `export` (onnx, onnxscript,
+# onnxruntime: s5_hf.export and its test).
+EXTRAS ?= test,geo,demo,export
 
 export HF_HUB_DISABLE_XET := 1
 export HF_HUB_DISABLE_TELEMETRY := 1

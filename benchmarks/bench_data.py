@@ -1,0 +1,136 @@
+"""Data pipeline throughput: decode + augment from Parquet shards vs from image files, 0 / 1 / 2 loader workers.
+
+The training's own path end to end: `DataSource(...).load("train")` (the benchmark reader over the files, or
+`datasets` over the Parquet shards that `to_parquet_shards` wrote from the same reader), `TrainStream` (per-sample
+seeded augmentation in DataLoader workers, batches collated), with
+* labeled: `LabeledTransform(512)`: rescale 0.5-2.0, crop 512, flips, normalise (S4P labeled and MDF batches);
+* unlabeled: `UnlabeledTransform(512)`: the weak view plus two strong views (colour jitter, grayscale, blur),
+  CutMix boxes (S4P's unlabeled batches; two are drawn per step, u and its CutMix partner u_mix).
+Data: a fake LoveDA (`s5_hf.data.synthetic.make_fake_loveda`) at LoveDA's own 1024 px, its few training tiles
+hard-linked under more numbers so that one epoch holds `--images` tiles (each is still decoded every time).
+Shards: `--shards` of them (every worker reads whole shards).
+
+Each case reports its start-up (to the first batch), its wall rate over the second half of its batches (after the
+workers' prefetch), and images per CPU-second of the main process plus its workers over the whole case: the
+per-core rate, which other load on a shared machine does not inflate (the wall rates it does). The last lines turn the rates into
+the S4P step time that this many cores can feed per GPU at the official batch (12 labeled + 2 x 12 unlabeled).
+
+    python benchmarks/bench_data.py                      # 1024 px tiles, 48 images per case (a few minutes)
+    python benchmarks/bench_data.py --quick              # 512 px tiles, 16 images per case
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import torch
+
+from memory import peak_rss_mb
+from s5_hf.augment import LabeledTransform, UnlabeledTransform
+from s5_hf.data import to_parquet_shards
+from s5_hf.data.registry import load_benchmark
+from s5_hf.data.streams import DataSource, TrainStream
+from s5_hf.data.synthetic import make_fake_loveda
+
+OFFICIAL_BATCH = 12  # per GPU, labeled and unlabeled each (spec section 2)
+
+
+def make_data(root: Path, size: int, images: int, shards: int) -> tuple[Path, Path]:
+    """A fake LoveDA with `images` training tiles (hard links of the generated ones) and its Parquet shards."""
+    files = make_fake_loveda(root / "loveda", num_images=2, size=size)
+    for domain in ("Rural", "Urban"):
+        folder = files / "Train" / domain
+        originals = sorted(folder.glob("images_png/*.png"), key=lambda p: int(p.stem))
+        for k in range(images // 2 - len(originals)):
+            source = originals[k % len(originals)]
+            number = 10_000 + k + (0 if domain == "Rural" else 5_000)
+            for kind in ("images_png", "masks_png"):
+                os.link(folder / kind / source.name, folder / kind / f"{number}.png")
+    shard_dir = root / "shards"
+    to_parquet_shards(load_benchmark("loveda", files, "train", streaming=True), shard_dir, min_shards=shards)
+    return files, shard_dir
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) children, i.e. the loader workers."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(location: Path, transform, workers: int, batch: int, images: int) -> dict:
+    """Wall rate over the second half of the batches (after start-up and the workers' prefetch), and the CPU time
+    per image of the whole case (main process + workers, start-up included), which load on a shared machine
+    does not inflate."""
+    dataset = DataSource("loveda", str(location)).load("train")
+    stream = TrainStream(dataset, transform, batch_size=batch, shuffle_buffer=0, num_workers=workers, name="bench")
+    batches = images // batch
+    cpu_start, start = cpu_seconds(), time.perf_counter()
+    next(stream)
+    first = time.perf_counter()
+    for index in range(1, batches):
+        if index == batches // 2:
+            half = time.perf_counter()
+        next(stream)
+    end = time.perf_counter()
+    del stream  # shuts the workers down and joins them, so that their CPU time is counted
+    gc.collect()
+    cpu = cpu_seconds() - cpu_start
+    return {"startup": first - start, "rate": (batches - batches // 2) * batch / (end - half),
+            "total": end - start, "per_core": batches * batch / cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="512 px tiles, 16 images per case")
+    parser.add_argument("--size", type=int, help="tile size in px (default 1024, LoveDA's)")
+    parser.add_argument("--images", type=int, help="images per case (default 48)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    args = parser.parse_args()
+    size = args.size or (512 if args.quick else 1024)
+    images = args.images or (16 if args.quick else 48)
+    workers = [int(w) for w in args.workers.split(",")]
+    datasets.disable_progress_bars()
+    torch.set_num_threads(1)  # augmentation runs one sample per process; the comparison is per core
+    print(f"decode + augment, fake LoveDA tiles of {size} px (PNG), crops of 512, batch {args.batch}, {images} images "
+          f"per case; os.cpu_count()={os.cpu_count()}, torch threads per process 1")
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        files, shards = make_data(Path(folder), size, images, args.shards)
+        print(f"  data made in {time.perf_counter() - start:.0f} s: {images} training tiles as files, "
+              f"{args.shards} Parquet shards ({sum(p.stat().st_size for p in shards.rglob('*.parquet')) / 2**20:.0f} MB)")
+        transforms = {"labeled": LabeledTransform(512), "unlabeled": UnlabeledTransform(512)}
+        results = {}
+        print(f"  {'transform':10} {'source':14} {'workers':>7} {'start-up s':>10} {'total s':>8} {'images/s':>9} "
+              f"{'images per CPU-s':>16}")
+        for name, transform in transforms.items():
+            for source, location in (("image files", files), ("Parquet shards", shards)):
+                for w in workers:
+                    r = results[name, source, w] = measure(location, transform, w, args.batch, images)
+                    print(f"  {name:10} {source:14} {w:7d} {r['startup']:10.2f} {r['total']:8.2f} {r['rate']:9.2f} "
+                          f"{r['per_core']:16.2f}")
+            for w in workers:
+                shard, file = results[name, "Parquet shards", w], results[name, "image files", w]
+                print(f"  {name}, {w} worker(s): Parquet shards vs image files (baseline): images per CPU-second "
+                      f"x{shard['per_core'] / file['per_core']:.2f}, wall images/s x{shard['rate'] / file['rate']:.2f}")
+        most = max(workers)
+        for source in ("image files", "Parquet shards"):
+            lab = results["labeled", source, most]["per_core"]
+            unl = results["unlabeled", source, most]["per_core"]
+            core_seconds = OFFICIAL_BATCH / lab + 2 * OFFICIAL_BATCH / unl
+            print(f"  S4P step at the official batch ({OFFICIAL_BATCH} labeled + 2 x {OFFICIAL_BATCH} unlabeled per "
+                  f"GPU) from {source}: {core_seconds:.1f} core-seconds of data work; a GPU step shorter than "
+                  f"{core_seconds / max(os.cpu_count() or 1, 1):.1f} s would wait on these {os.cpu_count()} cores")
+    print(f"  peak RSS of the main process: {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
