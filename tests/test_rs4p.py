@@ -595,6 +595,18 @@ def test_bad_pool_inputs_are_clear_errors(workspace, tmp_path, monkeypatch):
         run_selection(arguments(workspace, tmp_path / "run", pool=[str(tmp_path / "empty")]))
 
 
+def test_bf16_without_native_support_falls_back_before_scoring(workspace, tmp_path, monkeypatch):
+    """RS4P --dtype bfloat16 on a CPU without AVX-512 BF16/AMX (where it runs ~500x slower) warns with the
+    measured factor and scores in float32; the check comes first, before anything is read or written."""
+    from s5_hf import precision
+
+    monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2", "fma"})
+    (tmp_path / "empty" / "millionaid").mkdir(parents=True)
+    with pytest.warns(precision.PrecisionWarning, match="(?i)float32"):
+        with pytest.raises(ValueError, match="The pool holds no images"):
+            run_selection(arguments(workspace, tmp_path / "run", pool=[str(tmp_path / "empty")], dtype="bfloat16"))
+
+
 def test_push_to_hub_twice_then_load_dataset_streaming(workspace, reference_run, tmp_path, hub):
     """--push_to_hub uploads the dataset folder; pushed again with another shard count, the repo holds only the
     second push's shards and `load_dataset("s5/...", streaming=True)` reads every selected row once."""

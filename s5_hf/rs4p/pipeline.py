@@ -33,6 +33,7 @@ without the model's scores (folder, sizes, model options) is checked before scor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,6 +64,7 @@ from ..files import (
     write_text,
 )
 from ..label_sets import LABEL_SETS
+from ..precision import check_precision
 from .export import class_share, write_dataset, write_failures
 from .kmeans import assign_to_prototypes, spherical_kmeans
 from .pool import IMAGE_EXTENSIONS, Chunk, ImagePool, open_pool
@@ -306,6 +308,11 @@ def run_selection(args: SelectionArguments, model: torch.nn.Module | None = None
         model: an already loaded scoring model (otherwise `args.model` is loaded).
     """
     state = _state(args)
+    # A dtype the device does not run natively (bf16 on a CPU without AVX-512 BF16/AMX runs ~500x slower) falls
+    # back to float32 with a warning; the run's config records the dtype actually used.
+    dtype = check_precision(state.device, args.dtype)
+    if dtype != args.dtype:
+        args = dataclasses.replace(args, dtype=dtype)
     out = Path(args.output_dir)
     if model is None:
         from .. import S5ForSemanticSegmentation
