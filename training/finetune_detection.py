@@ -1,0 +1,248 @@
+"""Oriented object detection: fine-tune S5 on DIOR-R and DOTA-v2 at once (spec section 6.3).
+
+    accelerate launch training/finetune_detection.py --model_name_or_path runs/s4p-vit-b/model \
+        --dior_root /data/DIOR-R --dota_root /data/DOTA-v2 --output_dir runs/det-vit-b
+
+The backbone starts from a single-task S5 model (S4P: experts = the tail rows of its FFN output layer, position
+table resized to --image_size, neck copied; `S5ForOrientedDetection.from_single_task`) or from scratch without
+--model_name_or_path. Each step takes --per_dataset_batch images of every dataset (2 + 2 per process in the
+paper) into one backbone forward, sums the datasets' losses unweighted; the shorter dataset is repeated (every
+step samples each dataset independently). Recipe defaults: AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05
+(0 on the position table), gradient clipping 35 (L2), linear warm-up over 500 steps from 0.001x, x0.1 at epochs 8
+and 11 of 12 (an epoch = the longer dataset once), mixed precision from `accelerate`. Images are resized to
+--image_size on the long side (DIOR-R 800 -> 1024), padded to a square, flipped horizontally and vertically
+(p = 0.5 each); DOTA-v2 training patches are 1024 px with 200 px overlap, empty ones dropped.
+Evaluation: the DIOR-R test mAP (VOC07 11-point, IoU 0.5) after every epoch, written to `metrics.jsonl`.
+Checkpoints (`checkpoint-<step>`, every --checkpointing_steps, the last --keep_checkpoints kept) hold the
+accelerate state; `--resume_from_checkpoint` continues from one (data order is a function of seed and step, so a
+resumed run draws the same batches). The final model and image processor go to `<output_dir>/model`.
+
+Not implemented yet (see the issue): Parquet shard inputs, Hub push, model cards, DOTA-v2 test-server export
+during training (use `s5_hf.detection.merge_patch_detections` / `write_dota_submission` on predictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from s5_hf import files
+from s5_hf.configuration_s5_detection import DIOR_R_CLASSES, DOTA_V2_CLASSES, S5DetectionConfig
+from s5_hf.detection import read_dior_r, read_dota, rotated_voc_map
+from s5_hf.image_processing_s5_detection import S5DetectionImageProcessor
+from s5_hf.modeling_s5_detection import S5ForOrientedDetection
+from s5_hf.obb_geometry import regularize_obb
+
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale (spec 6.2)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dior_root", required=True, help="DIOR-R folder (ImageSets/Main, JPEGImages-*, Annotations).")
+    p.add_argument("--dota_root", required=True, help="DOTA-v2 folder with train/{images,labelTxt}.")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--model_name_or_path", help="Single-task S5 model (S4P) to start the backbone from.")
+    p.add_argument("--preset", default="vit-b", help="Backbone preset when starting from scratch.")
+    p.add_argument("--config_overrides", default="{}", help="JSON of S5DetectionConfig fields (tests, ablations).")
+    p.add_argument("--dior_classes", type=int, default=len(DIOR_R_CLASSES), help="Use the first N classes (tests).")
+    p.add_argument("--dota_classes", type=int, default=len(DOTA_V2_CLASSES), help="Use the first N classes (tests).")
+    p.add_argument("--image_size", type=int, default=1024)
+    p.add_argument("--dota_patch_size", type=int, default=1024)
+    p.add_argument("--dota_overlap", type=int, default=200)
+    p.add_argument("--per_dataset_batch", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--decay_epochs", type=int, nargs="*", default=[8, 11])
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--weight_decay", type=float, default=0.05)
+    p.add_argument("--max_grad_norm", type=float, default=35.0)
+    p.add_argument("--warmup_steps", type=int, default=500)
+    p.add_argument("--warmup_ratio", type=float, default=0.001)
+    p.add_argument("--max_steps", type=int, default=0, help="Stop after this many steps (0: the whole schedule).")
+    p.add_argument("--checkpointing_steps", type=int, default=1000)
+    p.add_argument("--keep_checkpoints", type=int, default=2)
+    p.add_argument("--resume_from_checkpoint")
+    p.add_argument("--max_eval_samples", type=int, default=0)
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.per_dataset_batch < 1:
+        p.error(f"--per_dataset_batch must be at least 1, got {args.per_dataset_batch}")
+    try:
+        args.config_overrides = json.loads(args.config_overrides)
+    except json.JSONDecodeError as error:
+        p.error(f"--config_overrides is not valid JSON ({error})")
+    return args
+
+
+def prepare(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize the long side to `size` (boxes scaled alike), pad to `size` x `size`, normalise."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    if scale != 1:
+        image = np.asarray(Image.fromarray(image).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[: image.shape[0], : image.shape[1]] = image
+    pixels = (torch.from_numpy(canvas).permute(2, 0, 1).float() - MEAN) / STD
+    boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32).reshape(-1, 5).clone()
+    boxes[:, :4] *= scale
+    return pixels, boxes
+
+
+def flip(pixels: torch.Tensor, boxes: torch.Tensor, horizontal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    size = pixels.shape[-1] if horizontal else pixels.shape[-2]
+    boxes = boxes.clone()
+    axis = 0 if horizontal else 1
+    boxes[:, axis] = size - boxes[:, axis]
+    boxes[:, 4] = -boxes[:, 4]  # a mirror image turns the other way
+    return pixels.flip(-1 if horizontal else -2), regularize_obb(boxes)
+
+
+def lr_factor(step: int, args, steps_per_epoch: int) -> float:
+    decay = 0.1 ** sum(step >= e * steps_per_epoch for e in args.decay_epochs)
+    if step < args.warmup_steps:
+        return decay * (args.warmup_ratio + (1 - args.warmup_ratio) * step / args.warmup_steps)
+    return decay
+
+
+def sample_batch(data: dict, step: int, args) -> tuple[torch.Tensor, list[dict], list[str]]:
+    rng = np.random.default_rng([args.seed, step])  # batches depend on (seed, step) only: resumable
+    pixels, targets, tasks = [], [], []
+    for task, rows in data.items():
+        for i in rng.choice(len(rows), args.per_dataset_batch, replace=len(rows) < args.per_dataset_batch):
+            x, boxes = prepare(rows[i]["image"], rows[i]["boxes"], args.image_size)
+            for horizontal in (True, False):
+                if rng.random() < 0.5:
+                    x, boxes = flip(x, boxes, horizontal)
+            pixels.append(x)
+            targets.append({"boxes": boxes, "labels": torch.as_tensor(rows[i]["labels"], dtype=torch.long)})
+            tasks.append(task)
+    return torch.stack(pixels), targets, tasks
+
+
+def evaluate_dior(model, rows, args, accelerator) -> float:
+    model.eval()
+    detections, truths = [], []
+    with torch.no_grad():
+        for row in rows:
+            x, _ = prepare(row["image"], row["boxes"], args.image_size)
+            out = model(x[None].to(accelerator.device), task="dior")
+            scale = args.image_size / max(row["image"].shape[:2])
+            boxes = out.boxes[0].float().cpu().clone()
+            boxes[:, :4] /= scale
+            detections.append({"boxes": boxes, "scores": out.scores[0].cpu(), "labels": out.labels[0].cpu()})
+            truths.append({"boxes": row["boxes"], "labels": row["labels"], "difficult": row["difficult"]})
+    model.train()
+    return rotated_voc_map(detections, truths, args.dior_classes)["map"]
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith("position_embeddings") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(args) -> S5ForOrientedDetection:
+    tasks = [{"name": "dior", "id2label": dict(enumerate(DIOR_R_CLASSES[: args.dior_classes]))},
+             {"name": "dota", "id2label": dict(enumerate(DOTA_V2_CLASSES[: args.dota_classes]))}]
+    fields = {"tasks": tasks, "image_size": args.image_size, **args.config_overrides}
+    if args.model_name_or_path:
+        from transformers import AutoModel
+
+        pretrained = AutoModel.from_pretrained(args.model_name_or_path)
+        backbone = {k: getattr(pretrained.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                               "mlp_ratio", "patch_size", "num_channels", "out_indices")}
+        return S5ForOrientedDetection.from_single_task(pretrained, S5DetectionConfig(**{**backbone, **fields}))
+    return S5ForOrientedDetection(S5DetectionConfig.from_preset(args.preset, **fields))
+
+
+def save_model(accelerator, model, folder: Path, args) -> None:
+    if accelerator.is_main_process:
+        with files.staged_directory(folder) as staging:
+            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+            S5DetectionImageProcessor(size={"height": args.image_size, "width": args.image_size}).save_pretrained(staging)
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    data = {
+        "dior": list(read_dior_r(args.dior_root, "trainval", DIOR_R_CLASSES[: args.dior_classes])),
+        "dota": list(read_dota(args.dota_root, "train", DOTA_V2_CLASSES[: args.dota_classes],
+                               args.dota_patch_size, args.dota_overlap)),
+    }
+    for task, rows in data.items():
+        if not rows:
+            raise ValueError(f"No {task} training images found under {args.dior_root if task == 'dior' else args.dota_root}.")
+    test_rows = list(read_dior_r(args.dior_root, "test", DIOR_R_CLASSES[: args.dior_classes]))
+    if args.max_eval_samples:
+        test_rows = test_rows[: args.max_eval_samples]
+
+    model = build_model(args)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate, betas=(0.9, 0.999))
+    steps_per_epoch = max(1, math.ceil(max(len(r) for r in data.values()) / (args.per_dataset_batch * accelerator.num_processes)))
+    total = args.epochs * steps_per_epoch if not args.max_steps else min(args.max_steps, args.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args, steps_per_epoch))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    start = 0
+    if args.resume_from_checkpoint:
+        accelerator.load_state(args.resume_from_checkpoint)
+        start = json.loads((Path(args.resume_from_checkpoint) / "trainer_state.json").read_text())["step"]
+    model.train()
+    history = []
+    for step in range(start, total):
+        pixels, targets, tasks = sample_batch(data, step * accelerator.num_processes + accelerator.process_index, args)
+        targets = [{k: v.to(accelerator.device) for k, v in t.items()} for t in targets]
+        out = model(pixels.to(accelerator.device), task=tasks, targets=targets)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"Step {step}: the loss is {out.loss.item()} ({ {k: v.item() for k, v in out.loss_dict.items()} }).")
+        accelerator.backward(out.loss)
+        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        done = step + 1
+        record = {"step": done, "loss": out.loss.item(), "lr": scheduler.get_last_lr()[0]}
+        if done % steps_per_epoch == 0 or done == total:
+            record["dior_test_map"] = evaluate_dior(model, test_rows, args, accelerator)
+        history.append(record)
+        if accelerator.is_main_process:
+            files.append_line(output / "metrics.jsonl", json.dumps(record))
+        if done % args.checkpointing_steps == 0 or done == total:
+            final = output / f"checkpoint-{done:06d}"
+            staging = output / f".{final.name}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(staging))
+            if accelerator.is_main_process:
+                files.write_json(staging / "trainer_state.json", {"step": done})
+                files.replace_directory(staging, final)
+                found = sorted(p for p in output.iterdir() if CHECKPOINT.match(p.name))
+                for old in found[: max(len(found) - args.keep_checkpoints, 0)]:
+                    shutil.rmtree(old)
+            accelerator.wait_for_everyone()
+    save_model(accelerator, model, output / "model", args)
+    return {"steps": total, "history": history}
+
+
+if __name__ == "__main__":
+    main()
