@@ -38,3 +38,39 @@ def hub(tmp_path, monkeypatch):
         # Nothing may have tried another host, nor a route the stand-in lacks.
         assert server.blocked == []
         assert server.unhandled == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Skips: every skip says why, and in CI (CI=true) none is allowed, so a missing browser, extra or data file fails
+# the run instead of shrinking it in silence. `pytest -m "not slow"` deselects; it does not skip.
+# ----------------------------------------------------------------------------------------------------------------
+_SKIPS: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "")
+        _SKIPS.append((report.nodeid, reason.removeprefix("Skipped: ").strip()))
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _refused_skips() -> list[tuple[str, str]]:
+    return [(nodeid, reason) for nodeid, reason in _SKIPS if _in_ci() or not reason]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _refused_skips():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    refused = _refused_skips()
+    if refused:
+        what = "skipped in CI (CI=true), where no test may skip" if _in_ci() else "skipped without a reason"
+        terminalreporter.section("refused skips", red=True)
+        terminalreporter.write_line(f"{len(refused)} test(s) {what}; the run fails:")
+        for nodeid, reason in refused:
+            terminalreporter.write_line(f"  {nodeid}: {reason or '(no reason given)'}")
