@@ -371,10 +371,7 @@ def test_training_publish_refuses_adapters_left_beside_the_model(lora_folder, hu
 # A released model's card only for the converted official weights
 # ----------------------------------------------------------------------------------------------------------------
 _TESTS = Path(__file__).resolve().parent
-GOLDEN = next((p for p in (_TESTS / "data" / "golden" / "official-small", _TESTS / "data" / "golden",
-                           _TESTS.parents[1] / "shared" / "golden" / "official-small")
-               if (p / "mdf_official_state_dict.safetensors").is_file()), None)
-needs_golden = pytest.mark.skipif(GOLDEN is None and not os.environ.get("CI"), reason="official golden vectors absent")
+GOLDEN = _TESTS / "data" / "golden" / "official-small"  # the official test vectors (tests/data/README.md)
 
 
 @pytest.fixture
@@ -398,7 +395,6 @@ def tiny_release(monkeypatch, tmp_path):
     return converted, release
 
 
-@needs_golden
 def test_released_card_needs_the_converted_official_weights(tiny_release, tmp_path):
     from s5_hf.convert_official import CONVERSION_RECORD, weights_sha256
 
@@ -430,7 +426,6 @@ def test_released_card_needs_the_converted_official_weights(tiny_release, tmp_pa
     assert publish_model(converted, "s5/s5-vit-b-mdf", card=str(card_file), dry_run=True)["card"]
 
 
-@needs_golden
 def test_released_card_with_a_pinned_digest(tiny_release, monkeypatch):
     import dataclasses
 
