@@ -16,6 +16,7 @@ matrices are summed across processes before any score is computed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,18 @@ class TaskResult:
     protocol: EvalProtocol
     official: SegmentationScores | None = None
     confusion: ConfusionMatrix | None = field(default=None, repr=False)
+    #: What was scored, for anyone reporting the result (e.g. a model card): the split's name ("test",
+    #: "val", "heldout" = training tiles held out for model selection), the images scored over all processes,
+    #: and the per-process cap `max_samples` (None: the whole split).
+    split: str | None = None
+    num_samples: int | None = None
+    max_samples: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The result as JSON-ready facts: split, sample count and cap, and the scores (NaN -> None)."""
+        return {"split": self.split, "num_samples": self.num_samples, "max_samples": self.max_samples,
+                "reported_metric": self.protocol.metric,
+                **{key: (value if math.isfinite(value) else None) for key, value in self.metrics().items()}}
 
     @property
     def reported(self) -> float:
@@ -140,10 +153,12 @@ def evaluate_task(
     was_training = model.training
     model.eval()
     main = accelerator is None or accelerator.is_local_main_process
+    scored = 0
     try:
         for index, row in enumerate(tqdm(rows, desc=f"eval {task}", unit="img", disable=not main, leave=False)):
             if max_samples is not None and index >= max_samples:
                 break
+            scored += 1
             if row.get("mask") is None:
                 raise ValueError(f"{task}: sample {row.get('id')!r} has no mask; evaluate a labelled split.")
             target = np.asarray(row["mask"], dtype=np.int64)
@@ -154,9 +169,11 @@ def evaluate_task(
     finally:
         model.train(was_training)
     reduced = confusion.reduce(accelerator)
+    if accelerator is not None and accelerator.num_processes > 1:
+        scored = int(accelerator.reduce(torch.tensor([scored], device=accelerator.device), reduction="sum").item())
     scores = reduced.compute(exclude_from_mean=protocol.exclude_from_mean)
     official = official_scores(reduced) if protocol.official_inflation and reduced.ignore_index != VOID_ID else None
-    return TaskResult(task, scores, protocol, official, reduced)
+    return TaskResult(task, scores, protocol, official, reduced, num_samples=scored, max_samples=max_samples)
 
 
 def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str, str], *, crop_size: int,
@@ -173,8 +190,10 @@ def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str
         task_split = split if isinstance(split, str) else split[task]
         rows = process_part(source.load(task_split, **(reader_options or {}).get(task, {})), rank, world)
         # Each process caps its own part, so the cap is per process.
-        results[task] = evaluate_task(unwrapped, rows, task, crop_size=crop_size, accelerator=accelerator,
-                                      max_samples=max_samples)
+        result = evaluate_task(unwrapped, rows, task, crop_size=crop_size, accelerator=accelerator,
+                               max_samples=max_samples)
+        result.split = task_split
+        results[task] = result
     return results
 
 __all__ = ["EvalProtocol", "FlipAveraged", "PROTOCOLS", "TaskResult", "evaluate_sources", "evaluate_task",

@@ -22,12 +22,26 @@ from .label_sets import VOID_ID
 _MASKED = -100
 
 
+def check_label_dtype(labels: torch.Tensor, name: str) -> None:
+    """Class ids must be integers: float labels would be truncated to ids silently (2.7 -> 2)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be integer class ids (uint8/int64), got dtype {labels.dtype}; "
+                        "convert label maps with .long() only if they hold whole class ids.")
+
+
+def valid_share(labels: torch.Tensor, ignore_index: int | None) -> float:
+    """Share of pixels that are neither void (255) nor `ignore_index`: what a batch can train."""
+    invalid = labels == VOID_ID
+    if ignore_index is not None:
+        invalid |= labels == ignore_index
+    return float(1.0 - invalid.float().mean()) if labels.numel() else 0.0
+
+
 def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> None:
     if logits.ndim < 2 or target.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"{name}: logits {tuple(logits.shape)} (B, K, ...) do not match targets {tuple(target.shape)} "
                          "(B, ...).")
-    if target.is_floating_point() or target.dtype == torch.bool:
-        raise TypeError(f"{name}: targets must be integer class ids, got dtype {target.dtype}.")
+    check_label_dtype(target, name)
 
 
 def masked_cross_entropy(
@@ -142,13 +156,17 @@ def s4p_losses(
     `UnlabeledTransform` layout, `(weak, strong1, strong2, ignore_mask, box1, box2)`: u and its CutMix partner.
 
     The model (in train mode) is switched to eval mode without gradients to pseudo-label both weak views, then
-    back. Returns `({"loss", "loss_x", "loss_u"}, {"confident_ratio"})`; optimise "loss" = (loss_x + loss_u) / 2.
+    back. Returns `({"loss", "loss_x", "loss_u"}, {"confident_ratio", "valid_share_labeled",
+    "valid_share_unlabeled"})`; optimise "loss" = (loss_x + loss_u) / 2.
     """
     from .augment import cutmix_images
 
     img_x, mask_x = labeled
     img_u_w, img_u_s, _, ignore_u, box, _ = unlabeled
     img_m_w, img_m_s, _, ignore_m, _, _ = partner
+    check_label_dtype(mask_x, "s4p_losses: labeled masks")
+    shares = {"valid_share_labeled": valid_share(mask_x, ignore_index),
+              "valid_share_unlabeled": valid_share(ignore_u, None)}
     with torch.no_grad():
         model.eval()
         probs = model(torch.cat([img_u_w, img_m_w])).logits.float().softmax(1)
@@ -159,7 +177,8 @@ def s4p_losses(
     logits = model(torch.cat([img_x, cutmix_images(img_u_s, img_m_s, box)])).logits
     loss_x = masked_cross_entropy(logits[: img_x.shape[0]], mask_x, ignore_index)
     loss_u, ratio = fixmatch_unlabeled_loss(logits[img_x.shape[0]:], pseudo, conf, ignore, threshold)
-    return {"loss": (loss_x + loss_u) / 2, "loss_x": loss_x, "loss_u": loss_u}, {"confident_ratio": float(ratio)}
+    return {"loss": (loss_x + loss_u) / 2, "loss_x": loss_x, "loss_u": loss_u}, {"confident_ratio": float(ratio),
+                                                                                **shares}
 
 
 def mdf_losses(
@@ -174,8 +193,12 @@ def mdf_losses(
 
     With `mixed_batch` all tasks run in one forward (the model routes rows to their experts and decoders);
     otherwise one forward per task, as the official code. A task whose weight is 0 still runs (its gradient is 0),
-    so every process uses every parameter. Returns `({"loss", "loss_<task>"...}, {"weight_<task>"...})`.
+    so every process uses every parameter. Returns `({"loss", "loss_<task>"...}, {"weight_<task>"...,
+    "valid_share_<task>"...})`. Labels must be integer class ids (float labels are refused, not truncated).
     """
+    for name, (_, labels) in batches.items():
+        check_label_dtype(labels, f"mdf_losses: {name} labels")
+    shares = {f"valid_share_{name}": valid_share(labels, ignore_index[name]) for name, (_, labels) in batches.items()}
     if mixed_batch:
         images = torch.cat([b[0] for b in batches.values()])
         labels = torch.cat([b[1] for b in batches.values()])
@@ -187,7 +210,8 @@ def mdf_losses(
                   for name, (images, labels) in batches.items()}
     total = sum(weights[name] * value for name, value in losses.items())
     return {"loss": total, **{f"loss_{name}": value for name, value in losses.items()}}, {
-        f"weight_{name}": weights[name] for name in batches}
+        **{f"weight_{name}": weights[name] for name in batches}, **shares}
 
 
-__all__ = ["cutmix_pseudo_labels", "fixmatch_unlabeled_loss", "masked_cross_entropy", "mdf_losses", "s4p_losses"]
+__all__ = ["check_label_dtype", "cutmix_pseudo_labels", "fixmatch_unlabeled_loss", "masked_cross_entropy", "mdf_losses",
+           "s4p_losses", "valid_share"]

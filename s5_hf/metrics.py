@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic_path
 from .label_sets import VOID_ID, get_label_set
 
 # The local `evaluate` module that wraps this file (see `load_evaluate_metric`).
@@ -379,7 +380,8 @@ def save_confusion_matrix_png(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 

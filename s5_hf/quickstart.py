@@ -15,7 +15,16 @@
    the bundled scene with every dataset head (PNG masks and colour overlays with legends).
 
 Everything is written under the output folder; `summary.json` lists the files. The tiny configuration learns the
-synthetic tasks only roughly: the numbers show the pipeline works end to end, not the paper's accuracy.
+synthetic tasks only roughly: the numbers show the pipeline works end to end, not the paper's accuracy. The table
+puts each dataset's score beside the same model before MoE-MDF fine-tuning (its fresh classifiers), measured in the
+same run on the same images: what fine-tuning adds.
+
+Reader options: the synthetic ISPRS and iSAID tiles are 64-96 px, and those readers cut 512 px training patches by
+default, which would leave the batches almost all padding (void, so nothing to train: the training loop warns and
+then stops). The quickstart therefore cuts 64 px patches (`READER_OPTIONS`: patch_size 64, stride 64), passed to
+the programs as `--reader_options` / `--labeled_options`. ISPRS model selection uses held-out training tiles and the
+final scores are on the test split (see `s5_hf.data.registry`). Every stage may replace its own folder from an
+earlier quickstart (`--overwrite_output_dir`).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import numpy as np
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-from . import sample_data
+from . import files, sample_data
 from .data import synthetic
 from .inference import segment_scene
 from .label_sets import MDF_TASKS
@@ -92,16 +101,34 @@ def labeled_parquet(isaid: Path, out: Path) -> Path:
 def stage_args(*extra: str, new_model: bool = False) -> list[str]:
     """Arguments every stage shares; `new_model` builds the tiny configuration instead of loading one."""
     config = ["--config_overrides", json.dumps(TINY)] if new_model else []
-    return [*config, "--crop_size", str(CROP), "--logging_steps", "10", *extra]
+    # The quickstart owns its output folder: a second quickstart replaces the stages of the first.
+    return [*config, "--crop_size", str(CROP), "--logging_steps", "10", "--overwrite_output_dir", *extra]
 
 
-def evaluation_table(results: dict) -> str:
-    rows = ["| dataset | mIoU | mF1 | OA | reported in the paper as |", "|---|---|---|---|---|"]
+def evaluation_table(results: dict, baseline: dict) -> str:
+    rows = ["| dataset | split (images) | mIoU | mF1 | OA | mIoU before MDF | reported in the paper as |",
+            "|---|---|---|---|---|---|---|"]
     for task, result in results.items():
         s = result.scores
-        rows.append(f"| {task} | {100 * s.mean_iou:.2f} | {100 * s.mean_f1:.2f} | {100 * s.overall_accuracy:.2f} "
-                    f"| {'mF1' if result.protocol.metric == 'mean_f1' else 'mIoU'} |")
+        rows.append(f"| {task} | {result.split} ({result.num_samples}) | {100 * s.mean_iou:.2f} | "
+                    f"{100 * s.mean_f1:.2f} | {100 * s.overall_accuracy:.2f} | "
+                    f"{100 * baseline[task].scores.mean_iou:.2f} | "
+                    f"{'mF1' if result.protocol.metric == 'mean_f1' else 'mIoU'} |")
     return "\n".join(rows)
+
+
+def mdf_baseline(finetune, arguments: list[str]) -> dict:
+    """The MoE-MDF stage's starting model (S4P backbone and decoders, fresh classifiers: the script seeds and builds
+    it the same way), scored on the splits the stage reports."""
+    import torch
+
+    from .evaluation import evaluate_sources
+
+    args = finetune.parse_args(arguments)
+    torch.manual_seed(args.seed)
+    model = finetune.build_model(args)
+    return evaluate_sources(model, args.sources, args.test_splits, crop_size=args.crop_size,
+                            max_samples=args.max_eval_samples, reader_options=args.reader_options)
 
 
 def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
@@ -115,9 +142,11 @@ def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
         labels = segment_scene(model, scene_path, task, processor=processor, window=4 * CROP, overlap=0.25)
         spec = model.config.tasks[model.config.task_index(task)]
         palette = task_palette(spec)
-        colorize(labels, palette).save(out / f"mask_{task}.png")
         panel = legend(list(spec["id2label"].values()), palette, title=task, present=np.unique(labels))
-        with_legend(overlay(scene, labels, palette), panel).save(out / f"overlay_{task}.png")
+        for path, image in ((out / f"mask_{task}.png", colorize(labels, palette)),
+                            (out / f"overlay_{task}.png", with_legend(overlay(scene, labels, palette), panel))):
+            with files.atomic_path(path) as temporary:
+                image.save(temporary, format="PNG")
         written[task] = str(out / f"overlay_{task}.png")
     return written
 
@@ -163,26 +192,29 @@ def main(argv: list[str] | None = None) -> dict:
                              "--seed", str(args.seed)))
 
     log.info("5/6 MoE-MDF: fine-tuning on %s", ", ".join(MDF_TASKS))
-    mdf = finetune.main(stage_args(
+    mdf_arguments = stage_args(
         "--model_name_or_path", str(out / "s4p" / "model"), "--part_features", "16",
         "--train_datasets", *[f"{task}={data[task]}" for task in MDF_TASKS],
         "--reader_options", json.dumps({t: o for t, o in READER_OPTIONS.items() if t in MDF_TASKS}),
         "--output_dir", str(out / "mdf"), "--batch_size", "2", "--learning_rate", "3e-3",
-        "--max_train_steps", str(2 * args.steps), "--eval_steps", "0", "--seed", str(args.seed)))
+        "--max_train_steps", str(2 * args.steps), "--eval_steps", "0", "--seed", str(args.seed))
+    baseline = mdf_baseline(finetune, mdf_arguments)
+    mdf = finetune.main(mdf_arguments)
 
     log.info("6/6 evaluation, reload through the Auto classes, segmentation of the bundled scene")
-    table = evaluation_table(mdf["results"])
-    (out / "results.md").write_text(table + "\n")
+    table = evaluation_table(mdf["results"], baseline)
+    files.write_text(out / "results.md", table + "\n")
     overlays = segment_bundled_scene(out / "mdf" / "model", out)
     summary = {
         "rs4p_dataset": str(out / "rs4p" / "dataset"),
         "s4p_model": str(out / "s4p" / "model"),
         "mdf_model": str(out / "mdf" / "model"),
-        "results": {task: r.metrics() for task, r in mdf["results"].items()},
+        "results": {task: r.describe() for task, r in mdf["results"].items()},
+        "before_mdf": {task: r.describe() for task, r in baseline.items()},
         "curves": [str(p) for p in (out / stage / "curves.png" for stage in ("scorer", "s4p", "mdf")) if p.is_file()],
         "overlays": overlays,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    files.write_json(out / "summary.json", summary, indent=2)
     print(table)
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))
     return summary

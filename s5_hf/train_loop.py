@@ -5,24 +5,40 @@ crash-safe checkpoints with exact resume, the NaN guard, the metrics log (JSON l
 publishing to the Hub. The loops themselves stay in the scripts, in the style of transformers'
 `examples/pytorch/*_no_trainer.py`.
 
-Checkpoint folder (`<output_dir>/checkpoint-<step>/`), written under a `.partial` name and renamed when complete,
-so a kill never leaves a half-written checkpoint that `--resume_from_checkpoint latest` would pick:
+Output folder: one run per folder. `.s5-manifest.json` records the run (id, program, arguments) and what it
+wrote; a non-empty folder of another run (or of anything else) is refused, unless `--resume_from_checkpoint`
+continues the run it holds or `--overwrite_output_dir` replaces it (deleting only what that run wrote), as in
+transformers.
+
+Checkpoint folder (`<output_dir>/checkpoint-<step>/`), written under a hidden `.partial` name and swapped in when
+complete (`s5_hf.files`), so a kill never leaves a half-written checkpoint that `--resume_from_checkpoint latest`
+would pick:
 
     accelerate state (model, optimizer, scheduler, scaler, RNG of every process)
     data_state_<rank>.json      position of every data stream of that process
-    trainer_state.json          step, metrics history, best score (written last)
+    trainer_state.json          step, best score
     model/                      `save_pretrained` folder (safetensors, config, processor, code)
+    integrity.json              sha256 of every other file (written last)
+
+Resuming runs `accelerator.load_state`, which unpickles the optimizer, scheduler and RNG files
+(`torch.load(weights_only=False)`): unpickling can run arbitrary code, so resume only from checkpoints you trust
+(your own runs). The integrity record guards against damaged or edited files, not against a malicious
+checkpoint: a folder whose files differ from the record, or lack one, is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import sys
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +51,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from . import files
 from .configuration_s5 import S5Config
 from .image_processing_s5 import S5ImageProcessor
 from .metrics import save_confusion_matrix_png
@@ -43,6 +60,8 @@ from .modeling_s5 import BACKBONE_KEYS
 logger = get_logger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+RUN_KIND = "s5-hf training run"
+INTEGRITY_NAME = "integrity.json"
 # Config fields that must agree between a checkpoint and the model a run builds: the weight shapes, and the
 # expert width.
 ARCHITECTURE_KEYS = (*BACKBONE_KEYS, "part_features")
@@ -51,7 +70,11 @@ ARCHITECTURE_KEYS = (*BACKBONE_KEYS, "part_features")
 def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, weight_decay: float,
                          eval_steps: int, max_train_steps: int) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--output_dir", required=True, help="Checkpoints, logs and the final model go here.")
+    group.add_argument("--output_dir", required=True,
+                       help="Checkpoints, logs and the final model go here: an empty or new folder, or this run's "
+                            "own with --resume_from_checkpoint / --overwrite_output_dir.")
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Delete what an earlier run wrote into --output_dir (only that) and start afresh.")
     group.add_argument("--seed", type=int, default=42)
     group.add_argument("--max_train_steps", type=int, default=max_train_steps)
     group.add_argument("--learning_rate", type=float, default=learning_rate)
@@ -67,12 +90,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per stream.")
     group.add_argument("--shuffle_buffer", type=int, default=1000)
     group.add_argument("--eval_steps", type=int, default=eval_steps, help="Validate every N steps (0: only at the end).")
-    group.add_argument("--max_eval_samples", type=int, default=None, help="Cap the validation images per dataset.")
+    group.add_argument("--max_eval_samples", type=int, default=None,
+                       help="Cap the validation and test images per dataset and process (recorded with the results).")
     group.add_argument("--checkpointing_steps", type=int, default=None,
                        help="Save a resumable checkpoint every N steps (default: every --eval_steps).")
     group.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep the N newest checkpoints.")
     group.add_argument("--resume_from_checkpoint", default=None,
-                       help="A checkpoint folder, or 'latest' for the newest one in --output_dir.")
+                       help="A checkpoint folder, or 'latest' for the newest one in --output_dir. Resuming unpickles "
+                            "accelerate's state files: use only checkpoints you trust.")
+    group.add_argument("--max_void_steps", type=int, default=50,
+                       help="Stop when a batch of some data stream has had no valid (labelled, non-padding) pixel for "
+                            "this many steps in a row (0: never). Small tiles cut into large patches are mostly "
+                            "padding: set the readers' patch_size (e.g. --reader_options) to the tile or crop size.")
     group.add_argument("--logging_steps", type=int, default=10)
     group.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
                        help="AMP (default: accelerate's configuration; the official runs use fp16 on GPUs).")
@@ -83,17 +112,132 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    """The Accelerator, with the output folder checked (see `RunFolder`) and claimed for this run."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # `accelerate launch --multi_gpu` on a machine without CUDA starts processes that each see a single-process
+    # state (two rank 0s); asking for the CPU backend makes them one gloo process group.
+    accelerator = Accelerator(mixed_precision=args.mixed_precision,
+                              cpu=launched > 1 and not torch.cuda.is_available())
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate formed a group of "
+            f"{accelerator.num_processes}: every process would act as rank 0. On CPU, start them with "
+            "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N ...`.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.checkpointing_steps is None:
         args.checkpointing_steps = args.eval_steps
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        for stale in Path(args.output_dir).glob("checkpoint-*.partial"):
-            logger.warning("Removing %s, a checkpoint an interrupted run did not finish writing.", stale)
-            shutil.rmtree(stale)
-    accelerator.wait_for_everyone()
+    args.run_folder = RunFolder.open(accelerator, args)
     return accelerator
+
+
+class RunFolder:
+    """The output folder of one training run and its manifest (`s5_hf.files`): what this run wrote (top-level
+    entries), its id, program and arguments. `open` refuses folders of anything else, so rotation and
+    `--overwrite_output_dir` only ever delete this program's files."""
+
+    def __init__(self, accelerator: Accelerator, path: Path, manifest: dict):
+        self.accelerator, self.path, self.manifest = accelerator, path, manifest
+
+    @classmethod
+    def open(cls, accelerator: Accelerator, args: argparse.Namespace) -> RunFolder:
+        path = Path(args.output_dir)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"--output_dir {path} is a file, not a folder.")
+        # Every process checks (read only), so that all of them stop with the same error.
+        entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        visible = [name for name in entries if not name.startswith(".")]
+        manifest = files.read_manifest(path) if entries else None
+        if manifest is not None and manifest.get("kind") != RUN_KIND:
+            raise FileExistsError(f"--output_dir {path} holds {manifest.get('kind')!r} output, not a training run; "
+                                  "choose an empty or new folder.")
+        if manifest is None and visible:
+            raise FileExistsError(
+                f"--output_dir {path} is not empty ({', '.join(visible[:5])}{', ...' if len(visible) > 5 else ''}) "
+                "and holds no s5-hf training run; choose an empty or new folder.")
+        previous = None
+        if manifest is not None and getattr(args, "resume_from_checkpoint", None) is None:
+            if not getattr(args, "overwrite_output_dir", False):
+                raise FileExistsError(
+                    f"--output_dir {path} holds the training run {manifest.get('run_id')} of "
+                    f"{manifest.get('program')} (started {manifest.get('started')}): pass --resume_from_checkpoint "
+                    "latest to continue it, --overwrite_output_dir to replace it, or choose another folder.")
+            previous, manifest = manifest, None
+        session = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "program": Path(sys.argv[0]).name, "arguments": _jsonable(vars(args)),
+                   "processes": accelerator.num_processes}
+        if manifest is None:
+            manifest = {"kind": RUN_KIND, "files": [], "entries": [], "run_id": uuid.uuid4().hex[:12],
+                        "program": session["program"], "started": session["started"], "sessions": []}
+        # Every process must use rank 0's id and entries.
+        if accelerator.num_processes > 1:
+            shared = [manifest]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            manifest = shared[0]
+        manifest["sessions"] = [*manifest.get("sessions", []), session]
+        folder = cls(accelerator, path, manifest)
+        if accelerator.is_main_process:
+            if previous is not None:
+                logger.warning("--overwrite_output_dir: deleting what run %s wrote into %s.",
+                               previous.get("run_id"), path)
+                for name in previous.get("entries", []):
+                    folder._delete(name)
+                files.write_json(path / files.MANIFEST_NAME, {**previous, "entries": [], "files": []}, indent=2)
+            for stale in [*path.glob(".checkpoint-*.partial"), *path.glob("checkpoint-*.partial")]:
+                logger.warning("Removing %s, a checkpoint an interrupted run did not finish writing.", stale)
+                shutil.rmtree(stale)
+        accelerator.wait_for_everyone()
+        # Nothing else is written until the run writes its first output (`claim`): a run that fails on its first
+        # batch (bad data, bad labels) leaves the folder as it was.
+        return folder
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    def _delete(self, name: str) -> None:
+        target = self.path / name
+        files.recover_directory(target)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    def _write(self) -> None:
+        entries = sorted(set(self.manifest["entries"]))
+        listed = []
+        for name in entries:
+            entry = self.path / name
+            found = sorted(entry.rglob("*")) if entry.is_dir() else [entry]
+            listed += [p.relative_to(self.path).as_posix() for p in found if p.is_file()]
+        self.manifest.update(entries=entries, files=listed)
+        files.write_json(self.path / files.MANIFEST_NAME, self.manifest, indent=2)
+
+    def claim(self, *names: str) -> None:
+        """Record top-level entries this run is about to write, or wrote (main process). The manifest is written
+        before the first of them exists, so a killed run's folder is always recognised as this run's."""
+        if self.accelerator.is_main_process:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest["entries"] = sorted(set(self.manifest["entries"]) | set(names))
+            self._write()
+
+    def remove(self, name: str) -> None:
+        """Delete an entry this run wrote (main process); anything it did not write is never touched."""
+        if name not in self.manifest["entries"]:
+            raise RuntimeError(f"Refusing to delete {self.path / name}: this run's manifest does not list it.")
+        self._delete(name)
+        self.manifest["entries"] = [e for e in self.manifest["entries"] if e != name]
+        self._write()
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        try:
+            json.dumps(value, allow_nan=False)
+            out[key] = value
+        except (TypeError, ValueError):
+            out[key] = repr(value)
+    return out
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,8 +349,7 @@ def check_architecture(saved: S5Config | Mapping, expected: S5Config, what: str)
 # ---- checkpoints -------------------------------------------------------------------------------------------------
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if CHECKPOINT.match(p.name)
-             and (p / "trainer_state.json").is_file()]
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if CHECKPOINT.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
 
 
@@ -226,52 +369,99 @@ def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path
 
 def save_model_folder(accelerator: Accelerator, model: torch.nn.Module, folder: Path,
                       processor: S5ImageProcessor | None = None) -> None:
-    """`save_pretrained` of the unwrapped model (main process), written to a temporary folder and renamed."""
+    """`save_pretrained` of the unwrapped model (main process) into a staged folder swapped in atomically."""
     if accelerator.is_main_process:
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(partial, state_dict=accelerator.get_state_dict(model), safe_serialization=True)
-        (processor or S5ImageProcessor()).save_pretrained(partial)
-        _replace(partial, folder)
+        state_dict = accelerator.get_state_dict(model)
+        with files.staged_directory(folder) as staging:
+            unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            (processor or S5ImageProcessor()).save_pretrained(staging)
     accelerator.wait_for_everyone()
 
 
-def _replace(partial: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        partial.rename(final)
-        shutil.rmtree(old)
-    else:
-        partial.rename(final)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.relative_to(folder).as_posix() != INTEGRITY_NAME)
+
+
+def write_integrity_record(folder: Path) -> None:
+    """sha256 of every file of a checkpoint folder, written last (and atomically) as `integrity.json`."""
+    record = {"algorithm": "sha256", "files": {name: _sha256(folder / name) for name in _checkpoint_files(folder)}}
+    files.write_json(folder / INTEGRITY_NAME, record, indent=1)
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Refuse a checkpoint folder whose files are not exactly those of its integrity record, naming them."""
+    record_path = folder / INTEGRITY_NAME
+    if not record_path.is_file():
+        raise ValueError(f"Checkpoint {folder} has no {INTEGRITY_NAME}: it was not written (completely) by this "
+                         "version of s5-hf; refusing to resume from it.")
+    try:
+        recorded = json.loads(record_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"Checkpoint {folder}: {record_path.name} is unreadable ({error}).") from None
+    present = _checkpoint_files(folder)
+    problems = [f"missing {name}" for name in sorted(set(recorded) - set(present))]
+    problems += [f"extra {name}" for name in present if name not in recorded]
+    problems += [f"changed {name}" for name in present if name in recorded and _sha256(folder / name) != recorded[name]]
+    if problems:
+        raise ValueError(f"Checkpoint {folder} fails its integrity check ({'; '.join(problems[:10])}): it was "
+                         "damaged or edited after it was written; refusing to resume from it.")
 
 
 def save_checkpoint(accelerator: Accelerator, model, output_dir: str | os.PathLike, step: int,
-                    streams: Mapping[str, Any], state: Mapping[str, Any], keep: int) -> Path:
+                    streams: Mapping[str, Any], state: Mapping[str, Any], keep: int,
+                    run_folder: RunFolder | None = None) -> Path:
+    """Write `checkpoint-<step>` (every process writes its part into a hidden staging folder; rank 0 adds the
+    integrity record and swaps the folder in), then delete this run's older checkpoints beyond `keep` and any
+    of a later step (left by the trajectory a resumed run abandoned)."""
     final = Path(output_dir) / f"checkpoint-{step:06d}"
-    partial = final.with_name(final.name + ".partial")
+    partial = final.with_name(f".{final.name}.partial")
     if accelerator.is_main_process:
+        if run_folder is not None:
+            run_folder.claim(final.name)
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     data_state = {name: stream.state_dict() for name, stream in streams.items()}
-    (partial / f"data_state_{accelerator.process_index}.json").write_text(json.dumps(data_state))
+    files.write_json(partial / f"data_state_{accelerator.process_index}.json", data_state)
     save_model_folder(accelerator, model, partial / "model")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-        _replace(partial, final)
-        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
+        state = {**state, "best": None if state.get("best") is None else _finite_or_none(state["best"])}
+        files.write_json(partial / "trainer_state.json", {**state, "step": step}, indent=2)
+        write_integrity_record(partial)
+        files.replace_directory(partial, final)
+        if run_folder is not None:
+            run_folder.claim()  # lists the checkpoint's files
+        found = list_checkpoints(output_dir)
+        later = [p for p in found if int(CHECKPOINT.match(p.name).group(1)) > step]
+        earlier = [p for p in found if int(CHECKPOINT.match(p.name).group(1)) < step]
+        stale = later + (earlier[: max(len(earlier) - (keep - 1), 0)] if keep > 0 else [])
+        for old in stale:
+            if run_folder is not None:
+                run_folder.remove(old.name)
+            else:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     logger.info("Saved checkpoint %s", final)
     return final
 
 
 def load_checkpoint(accelerator: Accelerator, model, checkpoint: Path, streams: Mapping[str, Any]) -> dict:
-    """Restore model, optimiser, scheduler, RNG and stream positions; returns the trainer state."""
+    """Restore model, optimiser, scheduler, RNG and stream positions; returns the trainer state.
+
+    The checkpoint must be trusted: `accelerator.load_state` unpickles its state files. Its integrity record
+    is checked first (every process), so a damaged or edited folder is refused before anything is read."""
+    verify_checkpoint(checkpoint)
     config_file = checkpoint / "model" / "config.json"
     if config_file.is_file():
         check_architecture(json.loads(config_file.read_text()), accelerator.unwrap_model(model).config,
@@ -296,16 +486,19 @@ def load_checkpoint(accelerator: Accelerator, model, checkpoint: Path, streams: 
 class MetricsLog:
     """Appends metric records to `<output_dir>/metrics.jsonl` (main process) and draws them as `curves.png`."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: str | os.PathLike):
-        self.accelerator = accelerator
+    def __init__(self, accelerator: Accelerator, output_dir: str | os.PathLike, run_folder: RunFolder | None = None):
+        self.accelerator, self.run_folder = accelerator, run_folder
         self.path = Path(output_dir) / "metrics.jsonl"
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        record = {"step": step, **{k: float(v) for k, v in values.items()}}
+        """Append one record (an fsync'd line); a value that is not finite is written as null (JSON has no NaN)."""
+        record = {"step": step, **{k: _finite_or_none(v) for k, v in values.items()}}
         if self.accelerator.is_main_process:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+            if self.run_folder is not None and self.path.name not in self.run_folder.manifest["entries"]:
+                self.run_folder.claim(self.path.name)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            files.append_line(self.path, json.dumps(record, allow_nan=False))
+        logger.info("step %d: %s", step, ", ".join(f"{k}={float(v):.4g}" for k, v in values.items()))
 
     def records(self, up_to: int | None = None) -> list[dict]:
         if not self.path.is_file():
@@ -317,7 +510,7 @@ class MetricsLog:
         """Drop records after `step` (written after the checkpoint a resumed run restarts from)."""
         if self.accelerator.is_main_process and self.path.is_file():
             kept = self.records(up_to=step)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            files.write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
 
     def plot(self, keys: Sequence[str] | None = None) -> Path | None:
         if not self.accelerator.is_main_process:
@@ -325,8 +518,8 @@ class MetricsLog:
         rows = self.records()
         # Curves of what changes over training: losses, lr, and each dataset's mIoU once validated twice or more.
         keys = keys or sorted({k for r in rows for k in r if k != "step" and (k.endswith("mIoU") or "/" not in k)
-                               and not k.startswith("weight_") and "official" not in k})
-        series = {k: [(r["step"], r[k]) for r in rows if k in r and math.isfinite(r[k])] for k in keys}
+                               and not k.startswith(("weight_", "valid_share_")) and "official" not in k})
+        series = {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in keys}
         series = {k: v for k, v in series.items() if len(v) > 1}
         if not series:
             return None
@@ -361,8 +554,14 @@ def plot_curves(series: Mapping[str, list[tuple[float, float]]], path: Path, pan
         draw.text((x0 + 2, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
         draw.text((left, bottom + 4), f"step {int(x_lo)}", fill=(90, 90, 90))
         draw.text((right - 60, bottom + 4), f"{int(xs.max())}", fill=(90, 90, 90))
-    canvas.save(path)
+    with files.atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
     return path
+
+
+def _finite_or_none(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------------
@@ -383,6 +582,42 @@ def sync_buffers(accelerator: Accelerator, model: torch.nn.Module) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+class VoidGuard:
+    """Training on batches without a valid pixel trains nothing: warn when a stream's batch (over all processes)
+    holds almost no valid pixel, and stop when one has had none for `max_steps` steps in a row."""
+
+    WARN_BELOW = 0.01
+
+    def __init__(self, accelerator: Accelerator, max_steps: int):
+        self.accelerator, self.max_steps = accelerator, max_steps
+        self.empty_since: dict[str, int] = {}
+        self.warned: set[str] = set()
+
+    def update(self, step: int, shares: Mapping[str, float]) -> None:
+        if not shares:
+            return
+        names = sorted(shares)
+        values = torch.tensor([float(shares[n]) for n in names], dtype=torch.float64, device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean").tolist()
+        for name, share in zip(names, values):
+            if share < self.WARN_BELOW and name not in self.warned:
+                self.warned.add(name)
+                logger.warning(
+                    "Step %d: only %.3g%% of the %s batch's pixels are valid (labelled, not padding); check the "
+                    "readers' patch_size against the tile and crop sizes.", step, 100 * share, name)
+            if share > 0:
+                self.empty_since.pop(name, None)
+                continue
+            first = self.empty_since.setdefault(name, step)
+            if self.max_steps and step - first + 1 >= self.max_steps:
+                raise ValueError(
+                    f"Steps {first}-{step}: the {name} batches held no valid pixel ({step - first + 1} steps in a "
+                    f"row, --max_void_steps {self.max_steps}), so that loss trains nothing. Every pixel was void "
+                    "(255, e.g. padding) or the ignore index: small tiles cut into larger patches are mostly "
+                    "padding; set the readers' patch_size/stride (--reader_options / --labeled_options) or "
+                    "--crop_size to the data's size.")
+
+
 def run_training(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -394,13 +629,21 @@ def run_training(
     compute_losses: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, float]]],
     evaluate: Callable[[], dict[str, Any]],
     selection: Callable[[dict[str, Any]], float],
+    test: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Steps `args.max_train_steps` times: `compute_losses(step)` returns the losses (key "loss" is optimised) and
-    extra scalars to log; validates every `eval_steps`, checkpoints every `checkpointing_steps`, resumes exactly.
+    extra scalars to log (`valid_share_<stream>`: the share of valid pixels of its batch, watched by `VoidGuard`);
+    validates with `evaluate()` every `eval_steps` (the best `selection` score's model is kept in `best/`),
+    checkpoints every `checkpointing_steps`, resumes exactly. At the end, `test()` scores the final model on the
+    splits a benchmark reports where they differ from the model-selection split.
 
-    Returns {"results": final `evaluate()` results, "best": best selection score, "step": steps done}.
+    Returns {"results": the final model's reported results per task (test where `test` scored the task, else the
+    final validation), "validation": its final validation results, "best", "best_step", "step"}. Every result
+    carries its split, sample count and cap (`TaskResult.describe`); `results.json` holds the same facts.
     """
-    log = MetricsLog(accelerator, args.output_dir)
+    run_folder: RunFolder | None = getattr(args, "run_folder", None)
+    claim = run_folder.claim if run_folder is not None else (lambda *names: None)
+    log = MetricsLog(accelerator, args.output_dir, run_folder)
     state: dict[str, Any] = {"best": None, "best_step": None}
     start = 0
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -408,8 +651,11 @@ def run_training(
         state = load_checkpoint(accelerator, model, checkpoint, streams)
         start = state["step"]
         log.truncate(start)
+    elif args.resume_from_checkpoint is not None:
+        log.truncate(0)  # `latest` of a run killed before its first checkpoint: start the log afresh too
     if args.max_train_steps < start:
         raise ValueError(f"The checkpoint is at step {start}, beyond --max_train_steps {args.max_train_steps}.")
+    void_guard = VoidGuard(accelerator, getattr(args, "max_void_steps", 0) or 0)
 
     def validate(step: int) -> dict[str, Any]:
         sync_buffers(accelerator, model)
@@ -419,7 +665,9 @@ def run_training(
         log.log(step, {**values, "selection": score})
         if state["best"] is None or score > state["best"]:
             state["best"], state["best_step"] = score, step
+            claim("best")
             save_model_folder(accelerator, model, Path(args.output_dir) / "best")
+            claim()
         return results
 
     sums: dict[str, float] = {}
@@ -431,6 +679,8 @@ def run_training(
         model.train()
         losses, scalars = compute_losses(step)
         check_finite(accelerator, done, losses)
+        void_guard.update(done, {k.removeprefix("valid_share_"): v for k, v in scalars.items()
+                                 if k.startswith("valid_share_")})
         accelerator.backward(losses["loss"])
         if args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -450,21 +700,33 @@ def run_training(
             validate(done)
         if args.checkpointing_steps and done % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, model, args.output_dir, done, streams,
-                            {"best": state["best"], "best_step": state["best_step"]}, args.checkpoints_total_limit)
+                            {"best": state["best"], "best_step": state["best_step"]}, args.checkpoints_total_limit,
+                            run_folder)
     bar.close()
 
-    results = validate(args.max_train_steps)
+    validation = validate(args.max_train_steps)
+    claim("model")
     save_model_folder(accelerator, model, Path(args.output_dir) / "model")
+    results = {**validation, **(test() if test is not None else {})}
     if accelerator.is_main_process:
+        output = Path(args.output_dir)
+        claim("results.json", "curves.png", *(f"confusion_{task}.png" for task in results))
         for task, result in results.items():
-            save_confusion_matrix_png(result.confusion, None, Path(args.output_dir) / f"confusion_{task}.png",
-                                      title=f"{task}: mIoU {100 * result.scores.mean_iou:.2f}")
-        log.plot()
-        summary = {"step": args.max_train_steps, "best": state["best"], "best_step": state["best_step"],
-                   "results": {task: r.metrics() for task, r in results.items()}}
-        (Path(args.output_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+            save_confusion_matrix_png(result.confusion, None, output / f"confusion_{task}.png",
+                                      title=f"{task} ({result.split}): mIoU {100 * result.scores.mean_iou:.2f}")
+        written = [f"confusion_{task}.png" for task in results]
+        if log.plot() is not None:
+            written.append("curves.png")
+        best = None if state["best"] is None else _finite_or_none(state["best"])
+        summary = {"run_id": run_folder.run_id if run_folder is not None else None, "step": args.max_train_steps,
+                   "best": best, "best_step": state["best_step"],
+                   "results": {task: r.describe() for task, r in results.items()},
+                   "validation": {task: r.describe() for task, r in validation.items()}}
+        files.write_json(output / "results.json", summary, indent=2)
+        claim()
     accelerator.wait_for_everyone()
-    return {"results": results, "best": state["best"], "step": args.max_train_steps}
+    return {"results": results, "validation": validation, "best": state["best"], "best_step": state["best_step"],
+            "step": args.max_train_steps}
 
 
 # ---- publishing --------------------------------------------------------------------------------------------------
@@ -487,28 +749,38 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
              private: bool) -> str | None:
     from huggingface_hub import EvalResult, constants
 
-    from .hub import publish_model
+    from .hub import LORA_FOLDER, PublishError, publish_model
     from .model_card import DATASETS, build_model_card
 
     config = S5Config.from_pretrained(folder)
+    # A --lora run's results were measured with its adapters (folder/lora/<task>/): they are published with the
+    # model and the card says how to load them. Adapters only beside the folder would be silently left behind.
+    adapters = sorted(p.name for p in (folder / LORA_FOLDER).iterdir() if p.is_dir()) \
+        if (folder / LORA_FOLDER).is_dir() else []
+    if not adapters and (folder.parent / LORA_FOLDER).is_dir():
+        raise PublishError(f"{folder.parent / LORA_FOLDER} holds LoRA adapters but {folder} has none: the model "
+                           f"would be published without the adapters its results were measured with.")
     eval_results = []
     for result in results:
         dataset_id, dataset_name = DATASETS.get(result.task, (result.task, result.task))
         f1 = result.protocol.metric == "mean_f1"
+        split = getattr(result, "split", None) or "validation"  # run_training reports test splits where scored
         eval_results.append(EvalResult(
             task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset_id,
-            dataset_name=dataset_name, dataset_split="validation", metric_type="f1" if f1 else "mean_iou",
+            dataset_name=dataset_name, dataset_split=split, metric_type="f1" if f1 else "mean_iou",
             metric_name="mF1" if f1 else "mIoU", metric_value=round(100 * result.reported, 2),
             # Measured by this run and described in this card: the model's own page is the source.
-            source_name="s5-hf training run (validation of this model)", source_url=f"{constants.ENDPOINT}/{repo_id}",
+            source_name=f"s5-hf training run ({split} split, this model)", source_url=f"{constants.ENDPOINT}/{repo_id}",
         ))
-    card = build_model_card(config, repo_id, stage=stage, eval_results=eval_results, results_intro=run_summary)
+    card = build_model_card(config, repo_id, stage=stage, eval_results=eval_results, results_intro=run_summary,
+                            lora_adapters=adapters)
     card.save(folder / "README.md")
     return publish_model(folder, repo_id, card=card, private=private)["commit_url"]
 
 
 __all__ = [
-    "MetricsLog", "add_common_arguments", "check_architecture", "check_finite", "check_task_classes",
+    "INTEGRITY_NAME", "MetricsLog", "RunFolder", "VoidGuard", "verify_checkpoint", "write_integrity_record",
+    "add_common_arguments", "check_architecture", "check_finite", "check_task_classes",
     "list_checkpoints", "load_checkpoint", "make_accelerator", "make_optimizer", "make_scheduler", "plot_curves",
     "push_to_hub", "resolve_checkpoint", "run_training", "add_model_arguments", "config_from_arguments", "prepare_training", "save_checkpoint", "save_model_folder",
 ]

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s5_hf.losses import cutmix_pseudo_labels, fixmatch_unlabeled_loss, masked_cross_entropy
+from s5_hf.losses import (
+    cutmix_pseudo_labels, fixmatch_unlabeled_loss, masked_cross_entropy, mdf_losses, s4p_losses, valid_share,
+)
 
 
 def pixel_ce(logits: torch.Tensor, b: int, y: int, x: int, label: int) -> float:
@@ -142,3 +144,24 @@ def test_cutmix_pseudo_labels_take_partner_inside_box():
         cutmix_pseudo_labels(pred_u, conf_u, ignore_u, pred_mix, conf_mix, ignore_mix, box * 2)
     with pytest.raises(ValueError, match="conf_mix"):
         cutmix_pseudo_labels(pred_u, conf_u, ignore_u, pred_mix, conf_mix[..., :1], ignore_mix, box)
+
+
+def test_float_labels_are_refused_not_truncated():
+    # Issue 11: the MDF mixed batch handed float labels to the model, which truncated 2.7 to class 2 in silence.
+    # No model is needed: the check comes before any forward (an Identity would "run" on anything).
+    images = torch.zeros(1, 3, 32, 32)
+    floats = torch.full((1, 32, 32), 2.7)
+    batches = {"vaihingen": (images, floats), "potsdam": (images, floats.long())}
+    for mixed in (True, False):
+        with pytest.raises(TypeError, match=r"mdf_losses: vaihingen labels.*integer class ids.*torch.float32"):
+            mdf_losses(torch.nn.Identity(), batches, {"vaihingen": 5, "potsdam": 5},
+                       {"vaihingen": 1.0, "potsdam": 1.0}, mixed_batch=mixed)
+    unlabeled = (images, images, images, torch.zeros(1, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long), None)
+    with pytest.raises(TypeError, match=r"s4p_losses: labeled masks.*torch.float64"):
+        s4p_losses(torch.nn.Identity(), (images, floats.double()), unlabeled, unlabeled, ignore_index=255)
+
+
+def test_valid_share_counts_what_a_batch_can_train():
+    labels = torch.tensor([[[0, 5], [255, 1]]])
+    assert valid_share(labels, 5) == 0.5 and valid_share(labels, None) == 0.75
+    assert valid_share(torch.full((2, 4, 4), 255), 255) == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -102,3 +104,45 @@ def test_evaluate_task_scores_against_the_masks_and_refuses_mismatches(model):
         evaluate_task(model, [{"id": "b", "image": image, "mask": Image.fromarray(mask[:16])}], "potsdam", crop_size=32)
     with pytest.raises(ValueError, match="has no mask"):
         evaluate_task(model, [{"id": "c", "image": image, "mask": None}], "potsdam", crop_size=32)
+
+
+# ---- model selection never sees the reported test split (issue 10) ----------------------------------------------
+def test_isprs_selects_on_held_out_training_tiles_and_reports_test(tmp_path):
+    from s5_hf.data import load_benchmark
+    from s5_hf.data.registry import BENCHMARKS, heldout_ids, stage_splits
+    from s5_hf.data.streams import DataSource
+    from s5_hf.data.synthetic import make_fake_vaihingen
+
+    root = make_fake_vaihingen(tmp_path / "vaihingen")
+    source = DataSource.parse(f"vaihingen={root}")
+    assert source.default_splits() == ("train_minus_heldout", "heldout", "test")
+    # Benchmarks with a validation split select on it and report it (as the paper); one source of truth: the readers.
+    assert stage_splits("loveda") == ("train", "val", BENCHMARKS["loveda"].eval_split)
+
+    def tiles(split, **options):
+        return {row["id"].split("_y")[0] for row in load_benchmark("vaihingen", root, split, streaming=True,
+                                                                   patch_size=64, **options)}
+
+    train, heldout, rest, test = tiles("train"), tiles("heldout"), tiles("train_minus_heldout"), tiles("test")
+    assert len(train) == 16 and len(heldout) == 2  # 1/8 of the 16 training areas
+    assert heldout | rest == train and not heldout & rest and not heldout & test
+    assert heldout == heldout_ids(sorted(train))  # a fixed function of the tile names: every process agrees
+    assert len(tiles("heldout", heldout_fraction=0.25)) == 4
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        heldout_ids(sorted(train), fraction=1.0)
+    # Parquet or Hub sources have no tiles to hold out: the error says to name a split.
+    shards = DataSource("vaihingen", "org/vaihingen-shards")
+    with pytest.raises(ValueError, match="benchmark layouts only; name a split"):
+        shards.load("heldout")
+
+
+def test_results_state_their_split_sample_count_and_cap(model):
+    images = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(5)]
+    masks = [Image.fromarray(np.full((32, 32), i % 2, np.uint8)) for i in range(5)]
+    rows = [{"image": im, "mask": m, "id": str(i)} for i, (im, m) in enumerate(zip(images, masks))]
+    result = evaluate_task(model, rows, "potsdam", crop_size=32, max_samples=3)
+    facts = result.describe()
+    assert facts["num_samples"] == 3 and facts["max_samples"] == 3 and facts["reported_metric"] == "mean_f1"
+    # Classes absent from both prediction and labels make NaN scores (the official ISPRS mF1 too): JSON gets
+    # null, never NaN.
+    assert facts["official_mF1"] is None and json.dumps(facts, allow_nan=False)

@@ -13,7 +13,11 @@ per-dataset cross-entropies, each with its ignore index and weight. The official
 on at 70 % of training (`--loss_start vaihingen=0.7`, the default).
 
 Validation follows each dataset's official protocol (`s5_hf.evaluation`); the best model (mean mIoU over
-Vaihingen, Potsdam and OpenEarthMap, as the official model selection) is kept in `<output_dir>/best`.
+Vaihingen, Potsdam and OpenEarthMap, as the official model selection) is kept in `<output_dir>/best`. Model
+selection never sees a reported test split: for the ISPRS benchmarks (train and test only) it scores training
+tiles held out of training (`heldout`, 1/8 of the tiles by name, `s5_hf.data.registry`), and the test split is
+scored once, on the final model, and reported as test; OpenEarthMap and LoveDA select on and report their
+validation split, as the paper. `--max_eval_samples` caps both and is recorded with every result.
 Defaults are the official run's: crop 512, batch 12 per dataset and process, AdamW lr 5e-5, weight decay 0.05,
 cosine schedule, no layer decay (configured but not applied by the official optimiser).
 
@@ -31,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5Config, S5ForSemanticSegmentation, files
 from s5_hf.augment import LabeledTransform
 from s5_hf.data.streams import DataSource, TrainStream, process_part
 from s5_hf.evaluation import evaluate_sources
@@ -47,7 +52,6 @@ from s5_hf.train_loop import (
     prepare_training, push_to_hub, run_training,
 )
 
-VALIDATION_SPLITS = {"vaihingen": "test", "potsdam": "test", "openearthmap": "val", "loveda": "val"}
 SELECTION_TASKS = ("vaihingen", "potsdam", "openearthmap")
 
 
@@ -67,11 +71,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--train_datasets", nargs="+", required=True,
                       help="NAME=LOCATION per dataset, in expert order (see s5_hf.data.streams).")
-    data.add_argument("--train_splits", nargs="*", default=[], help="NAME=SPLIT overrides (default: train).")
+    data.add_argument("--train_splits", nargs="*", default=[],
+                      help="NAME=SPLIT overrides (default: train; ISPRS: train_minus_heldout).")
     data.add_argument("--validation_splits", nargs="*", default=[],
-                      help="NAME=SPLIT overrides; NAME= skips its validation (default: ISPRS test, others val).")
+                      help="NAME=SPLIT overrides of the model-selection split; NAME= skips its validation (default: "
+                           "ISPRS heldout = training tiles held out of training, others val).")
+    data.add_argument("--test_splits", nargs="*", default=[],
+                      help="NAME=SPLIT overrides of the split scored at the end and reported; NAME= skips it "
+                           "(default: the benchmark's evaluation split, ISPRS test, others val).")
     data.add_argument("--reader_options", type=json.loads, default={},
-                      help='JSON {NAME: options} for benchmark readers, e.g. \'{"potsdam": {"patch_size": 512}}\'.')
+                      help='JSON {NAME: options} for benchmark readers, e.g. \'{"potsdam": {"patch_size": 512}}\': '
+                           "patch_size/stride (ISPRS cut 512 px patches by default: smaller tiles become mostly "
+                           "padding), heldout_fraction (0.125), see s5_hf.data.load_benchmark.")
     data.add_argument("--batch_size", type=int, default=12, help="Images per dataset, process and step.")
     data.add_argument("--ratio_range", type=float, nargs=2, default=(0.5, 2.0))
     loss = parser.add_argument_group("loss")
@@ -98,14 +109,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sources = {s.name: s for s in (DataSource.parse(t) for t in args.train_datasets)}
     if len(args.sources) != len(args.train_datasets):
         raise ValueError(f"--train_datasets names a dataset twice: {args.train_datasets}.")
-    args.train_splits = {name: "train" for name in args.sources} | name_values(args.train_splits, str, "--train_splits")
-    validation = {name: VALIDATION_SPLITS.get(name, "val") for name in args.sources}
-    args.validation_splits = validation | name_values(args.validation_splits, str, "--validation_splits")
+    defaults = {name: source.default_splits() for name, source in args.sources.items()}
+    args.train_splits = {n: d[0] for n, d in defaults.items()} | name_values(args.train_splits, str, "--train_splits")
+    args.validation_splits = ({n: d[1] for n, d in defaults.items()}
+                              | name_values(args.validation_splits, str, "--validation_splits"))
+    args.test_splits = {n: d[2] for n, d in defaults.items()} | name_values(args.test_splits, str, "--test_splits")
     args.loss_weights = {name: 1.0 for name in args.sources} | name_values(args.loss_weights, float, "--loss_weights")
     # The official default applies where Vaihingen is trained; an explicit --loss_start replaces it.
     default_start = {"vaihingen": 0.7} if "vaihingen" in args.sources else {}
     args.loss_start = default_start if args.loss_start is None else name_values(args.loss_start, float, "--loss_start")
-    for option in ("train_splits", "validation_splits", "loss_weights", "loss_start", "reader_options"):
+    for name in args.sources:
+        if args.validation_splits.get(name) == "test":
+            logging.getLogger(__name__).warning(
+                "%s: the test split selects the best model; its scores are then not an unbiased test result "
+                "(pass --validation_splits %s=SPLIT with a split held out of training).", name, name)
+    for option in ("train_splits", "validation_splits", "test_splits", "loss_weights", "loss_start", "reader_options"):
         unknown = sorted(set(getattr(args, option)) - set(args.sources))
         if unknown:
             raise ValueError(f"--{option} names {unknown}, which are not among --train_datasets {list(args.sources)}.")
@@ -179,9 +197,16 @@ def main(argv=None) -> dict:
         return mdf_losses(model, batches, ignore, weights, mixed_batch=args.mixed_batch and not args.lora)
 
     validation = {name: source for name, source in args.sources.items() if args.validation_splits[name]}
+    # Scored at the end where the reported split is not the model-selection one (ISPRS test).
+    test_sources = {name: source for name, source in args.sources.items()
+                    if args.test_splits[name] and args.test_splits[name] != args.validation_splits[name]}
 
     def evaluate():
         return evaluate_sources(model, validation, args.validation_splits, crop_size=crop, accelerator=accelerator,
+                                max_samples=args.max_eval_samples, reader_options=args.reader_options)
+
+    def test():
+        return evaluate_sources(model, test_sources, args.test_splits, crop_size=crop, accelerator=accelerator,
                                 max_samples=args.max_eval_samples, reader_options=args.reader_options)
 
     def selection(results) -> float:
@@ -189,15 +214,20 @@ def main(argv=None) -> dict:
         return sum(r.scores.mean_iou for r in chosen) / len(chosen) if chosen else 0.0
 
     outcome = run_training(accelerator, model, optimizer, scheduler, args, streams=streams,
-                           compute_losses=compute_losses, evaluate=evaluate, selection=selection)
+                           compute_losses=compute_losses, evaluate=evaluate, selection=selection,
+                           test=test if test_sources else None)
     if args.lora:
         if accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_adapters(Path(args.output_dir) / "lora")
+            args.run_folder.claim("lora")
+            with files.staged_directory(Path(args.output_dir) / "lora") as staging:
+                accelerator.unwrap_model(model).save_adapters(staging)
+            args.run_folder.claim()
         accelerator.wait_for_everyone()
     if args.push_to_hub:
         outcome["commit_url"] = push_to_hub(accelerator, args, outcome, stage="mdf", run_summary=(
             f"This model was trained by `training/finetune_mdf.py` for {args.max_train_steps} steps on "
-            f"{', '.join(args.sources)}; the results are its own validation."))
+            f"{', '.join(args.sources)}; the results are its own evaluation (split and sample cap per result)."))
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return outcome
 

@@ -38,10 +38,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--labeled", required=True, help="NAME=LOCATION of the labeled data (iSAID in the paper).")
-    data.add_argument("--labeled_split", default="train")
+    data.add_argument("--labeled_split", default=None,
+                      help="Default: train (train_minus_heldout for a benchmark without a validation split).")
     data.add_argument("--labeled_options", type=json.loads, default={},
-                      help='JSON of reader options for a benchmark layout, e.g. \'{"patch_size": 512, "stride": 512}\'.')
-    data.add_argument("--validation_split", default="val", help="Split of --labeled to validate on ('' = none).")
+                      help='JSON of reader options for a benchmark layout, e.g. \'{"patch_size": 512, "stride": 512}\' '
+                           "(the default patches of large-tile benchmarks are 512 px: smaller tiles become mostly "
+                           "padding), heldout_fraction; see s5_hf.data.load_benchmark.")
+    data.add_argument("--validation_split", default=None,
+                      help="Split of --labeled that selects the best model ('' = none; default: val, or heldout "
+                           "training tiles for a benchmark without a validation split).")
+    data.add_argument("--test_split", default=None,
+                      help="Split of --labeled scored at the end and reported, if not the validation split ('' = "
+                           "none; default: the benchmark's evaluation split).")
     data.add_argument("--unlabeled", required=True, help="NAME=LOCATION of the unlabeled data (RS4P shards).")
     data.add_argument("--unlabeled_split", default="train")
     data.add_argument("--batch_size", type=int, default=12, help="Labeled images per process and step.")
@@ -54,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_arguments(parser, learning_rate=5e-5, weight_decay=0.01, eval_steps=2000, max_train_steps=120_000)
     args = parser.parse_args(argv)
     args.unlabeled_batch_size = args.unlabeled_batch_size or args.batch_size
+    train, validation, test = DataSource.parse(args.labeled, "isaid").default_splits()
+    args.labeled_split = train if args.labeled_split is None else args.labeled_split
+    args.validation_split = validation if args.validation_split is None else args.validation_split
+    args.test_split = test if args.test_split is None else args.test_split
     return args
 
 
@@ -101,21 +113,28 @@ def main(argv=None) -> dict:
         return s4p_losses(model, *batches, ignore_index=task["ignore_index"], threshold=args.conf_thresh)
 
     validation = {task["name"]: labeled} if args.validation_split else {}
+    tested = {task["name"]: labeled} if args.test_split and args.test_split != args.validation_split else {}
 
     def evaluate():
         return evaluate_sources(model, validation, args.validation_split, crop_size=crop, accelerator=accelerator,
                                 max_samples=args.max_eval_samples,
                                 reader_options={task["name"]: args.labeled_options})
 
+    def test():
+        return evaluate_sources(model, tested, args.test_split, crop_size=crop, accelerator=accelerator,
+                                max_samples=args.max_eval_samples, reader_options={task["name"]: args.labeled_options})
+
     def selection(results) -> float:
         return results[task["name"]].scores.mean_iou if results else 0.0
 
     outcome = run_training(accelerator, model, optimizer, scheduler, args, streams=streams,
-                           compute_losses=compute_losses, evaluate=evaluate, selection=selection)
+                           compute_losses=compute_losses, evaluate=evaluate, selection=selection,
+                           test=test if tested else None)
     if args.push_to_hub:
         outcome["commit_url"] = push_to_hub(accelerator, args, outcome, stage="s4p", run_summary=(
             f"This model was trained by `training/pretrain_s4p.py` for {args.max_train_steps} steps (labeled "
-            f"{args.labeled}, unlabeled {args.unlabeled}); the results are its own validation."))
+            f"{args.labeled}, unlabeled {args.unlabeled}); the results are its own evaluation (split and sample cap per "
+            "result)."))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return outcome

@@ -26,7 +26,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .registry import BENCHMARKS, load_benchmark
+from .registry import BENCHMARKS, HELDOUT, TRAIN_MINUS_HELDOUT, load_benchmark, stage_splits
 from ..augment import sample_generator
 
 
@@ -72,10 +72,25 @@ class DataSource:
             return load_benchmark(self.name, self.location, split, streaming=True, **options)
         if options:
             raise TypeError(f"Reader options {sorted(options)} apply to benchmark layouts, not to {kind} {self.location}.")
+        if split in (HELDOUT, TRAIN_MINUS_HELDOUT):
+            raise ValueError(f"Data source {self.name}={self.location}: the {split!r} split (training tiles held out "
+                             f"for model selection) exists for benchmark layouts only; name a split of the {kind} "
+                             "source instead (e.g. --validation_splits NAME=val).")
         try:
             return datasets.load_dataset(self.location, split=split, streaming=True)
         except ValueError as error:  # datasets' "Unknown split" and similar
             raise ValueError(f"Data source {self.name}={self.location}: cannot load split {split!r}: {error}") from error
+
+
+    def default_splits(self) -> tuple[str, str, str]:
+        """(training, model-selection, reported) split: see `s5_hf.data.registry.stage_splits` for benchmark
+        layouts (ISPRS: the held-out training tiles select, the test split is reported); Parquet and Hub sources
+        of a known benchmark use its evaluation split for both (name another with the scripts' split options),
+        others "val"."""
+        if self.kind == "benchmark":
+            return stage_splits(self.name)
+        evaluation = BENCHMARKS[self.name].eval_split if self.name in BENCHMARKS else "val"
+        return "train", evaluation, evaluation
 
 
 def process_part(dataset: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
