@@ -56,6 +56,7 @@ from .configuration_s5 import S5Config
 from .image_processing_s5 import S5ImageProcessor
 from .metrics import save_confusion_matrix_png
 from .modeling_s5 import BACKBONE_KEYS
+from .precision import check_accelerate_precision
 
 logger = get_logger(__name__)
 
@@ -116,6 +117,9 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without CUDA starts processes that each see a single-process
     # state (two rank 0s); asking for the CPU backend makes them one gloo process group.
+    # bf16/fp16 where the device does not run them natively (e.g. bf16 on a CPU without AVX-512 BF16 or AMX, ~500x
+    # slower) falls back to fp32 with a warning quoting the measured factor; the manifest records what ran.
+    args.mixed_precision = check_accelerate_precision(args.mixed_precision)
     accelerator = Accelerator(mixed_precision=args.mixed_precision,
                               cpu=launched > 1 and not torch.cuda.is_available())
     if launched != accelerator.num_processes:
@@ -745,6 +749,16 @@ def push_to_hub(accelerator: Accelerator, args: argparse.Namespace, outcome: Map
     return commit_url
 
 
+def _evaluation_scope(result: Any, split: str) -> str:
+    """"test split, 4 images, capped at 2 per process by --max_eval_samples": what a reported score measured."""
+    text = f"{split} split"
+    if getattr(result, "num_samples", None) is not None:
+        text += f", {result.num_samples} images"
+    if getattr(result, "max_samples", None):
+        text += f", capped at {result.max_samples} per process by --max_eval_samples (not the whole split)"
+    return text
+
+
 def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], run_summary: str,
              private: bool) -> str | None:
     from huggingface_hub import EvalResult, constants
@@ -760,19 +774,23 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
     if not adapters and (folder.parent / LORA_FOLDER).is_dir():
         raise PublishError(f"{folder.parent / LORA_FOLDER} holds LoRA adapters but {folder} has none: the model "
                            f"would be published without the adapters its results were measured with.")
-    eval_results = []
+    eval_results, scopes = [], []
     for result in results:
         dataset_id, dataset_name = DATASETS.get(result.task, (result.task, result.task))
         f1 = result.protocol.metric == "mean_f1"
         split = getattr(result, "split", None) or "validation"  # run_training reports test splits where scored
+        scopes.append(f"{dataset_name}: {_evaluation_scope(result, split)}")
         eval_results.append(EvalResult(
             task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset_id,
             dataset_name=dataset_name, dataset_split=split, metric_type="f1" if f1 else "mean_iou",
             metric_name="mF1" if f1 else "mIoU", metric_value=round(100 * result.reported, 2),
             # Measured by this run and described in this card: the model's own page is the source.
-            source_name=f"s5-hf training run ({split} split, this model)", source_url=f"{constants.ENDPOINT}/{repo_id}",
+            source_name=f"s5-hf training run ({_evaluation_scope(result, split)}, this model)",
+            source_url=f"{constants.ENDPOINT}/{repo_id}",
         ))
-    card = build_model_card(config, repo_id, stage=stage, eval_results=eval_results, results_intro=run_summary,
+    # A capped evaluation (--max_eval_samples) scores part of the split: the card says which part was scored.
+    intro = run_summary + ("\n\nScored on: " + "; ".join(scopes) + "." if scopes else "")
+    card = build_model_card(config, repo_id, stage=stage, eval_results=eval_results, results_intro=intro,
                             lora_adapters=adapters)
     card.save(folder / "README.md")
     return publish_model(folder, repo_id, card=card, private=private)["commit_url"]

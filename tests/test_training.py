@@ -250,6 +250,10 @@ def test_push_to_hub_then_from_pretrained(data, tmp_path):
     assert {e.dataset_name for e in entries} == {"ISPRS Vaihingen", "ISPRS Potsdam"}
     measured = {e.dataset_name: e.metric_value for e in entries}
     assert measured["ISPRS Vaihingen"] == round(100 * outcome["results"]["vaihingen"].scores.mean_iou, 2)
+    # The scores come from the test split, capped by --max_eval_samples: the card says both.
+    assert {e.dataset_split for e in entries} == {"test"}
+    assert all("capped at 2 per process by --max_eval_samples" in e.source_name for e in entries)
+    assert "Scored on: ISPRS Vaihingen: test split" in card.text and "--max_eval_samples" in card.text
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------------
@@ -548,3 +552,16 @@ def test_launched_processes_that_do_not_form_one_group_are_stopped(tmp_path, mon
                                            r"rank 0.*ACCELERATE_USE_CPU=true torchrun --nproc_per_node"):
         train_loop.make_accelerator(args)
     assert requested["cpu"] is True and not (tmp_path / "run").exists()
+
+
+def test_bf16_without_native_support_falls_back_to_fp32(data, tmp_path, monkeypatch):
+    """--mixed_precision bf16 on a CPU without AVX-512 BF16/AMX (bf16 matmuls ~500x slower there) trains in fp32
+    and says so with the measured factor, instead of running the slow path in silence."""
+    from s5_hf import precision
+    from s5_hf.train_loop import make_accelerator
+
+    monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2", "fma"})
+    args = finetune.parse_args(mdf_args(data, tmp_path / "run", "--mixed_precision", "bf16"))
+    with pytest.warns(precision.PrecisionWarning, match="(?i)float32"):
+        accelerator = make_accelerator(args)
+    assert accelerator.mixed_precision == "no" and args.mixed_precision == "no"
