@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
     select_rs4p(["--pool", str(data["pool"]), "--labeled", str(labeled_parquet(data["isaid"], out / "isaid-labeled")),
                  "--model", str(out / "scorer" / "model"), "--output_dir", str(out / "rs4p"), "--target_size", "96",
                  "--num_clusters", "4", "--batch_size", "16", "--image_size", str(CROP), "--chunk_size", "64",
-                 "--min_shards", "2", "--dataset_name", "rs4p-quickstart"])
+                 "--min_shards", "2", "--dataset_name", "rs4p-quickstart",
+                 # Each quickstart trains a new scorer, so an earlier quickstart's scores are stale: score again.
+                 "--no_resume"])
 
     log.info("4/6 S4P: semi-supervised pretraining on the fake iSAID + the RS4P selection")
     pretrain.main(stage_args("--labeled", f"isaid={data['isaid']}", "--labeled_options", json.dumps(READER_OPTIONS["isaid"]),
