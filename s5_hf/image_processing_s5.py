@@ -24,6 +24,7 @@ class S5ImageProcessorKwargs(ImagesKwargs, total=False):
     """
 
     size_divisor: int
+    input_dtype: str | None
 
 
 class S5ImageProcessor(PilBackend):
@@ -32,8 +33,13 @@ class S5ImageProcessor(PilBackend):
 
     - Bands: `image_mean`/`image_std` have one entry per band; an image with another band count is rejected with
       an error (S5 checkpoints are RGB: convert or select bands first).
-    - Scale: `rescale_factor` maps raw values to [0, 1] (1/255 for 8-bit imagery; e.g. 1/65535 or 1/10000 for
-      16-bit products).
+    - Scale and dtype: the default (`do_rescale=True`, `rescale_factor` 1/255, ImageNet statistics) is for 8-bit
+      imagery only; any other dtype (16-bit, int16, float) is refused with an error rather than scaled by 1/255.
+      For such data, store per-band statistics in the image's own units: `do_rescale=False` with
+      `image_mean`/`image_std` per band (`s5_hf.data.band_stats.compute_band_stats` computes them in one streaming
+      pass; `processor_from_band_stats` builds this processor and records `input_dtype`, so that
+      `save_pretrained` keeps exactly the training normalisation for inference). An explicit other
+      `rescale_factor` (e.g. 1/10000 for reflectances) is taken as given.
     - Size: by default images are resized to 512x512 (the training size) and the predicted masks resized back by
       `post_process_semantic_segmentation`. With `do_resize=False, do_pad=True` the native resolution (ground
       sample distance) is kept and the image is padded to a multiple of `size_divisor`; the label maps are padded
@@ -52,6 +58,8 @@ class S5ImageProcessor(PilBackend):
     do_normalize = True
     do_pad = False
     size_divisor = 16
+    #: The dtype the per-band statistics were computed on (None: any dtype the scale settings accept).
+    input_dtype = None
 
     def __init__(self, **kwargs: Unpack[S5ImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -99,6 +107,7 @@ class S5ImageProcessor(PilBackend):
                         f"Image {index} has {int(per_band.sum())} NaN/Inf values ({where}). Fill no-data pixels "
                         f"(e.g. with the band mean) before processing."
                     )
+            self._check_dtype(index, image.dtype, kwargs)
         data = {"pixel_values": self._transform(images, pad_value=0.0, **kwargs)}
         if segmentation_maps is not None:
             maps = self._prepare_image_like_inputs(
@@ -115,6 +124,34 @@ class S5ImageProcessor(PilBackend):
             maps = self._transform(maps, pad_value=VOID_ID, **map_kwargs)
             data["labels"] = [m.squeeze(0).astype(np.int64) for m in maps]
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_dtype(self, index: int, dtype: np.dtype, kwargs: dict) -> None:
+        """Refuse a dtype the scale settings would silently misread (e.g. uint16 or float [0, 1] divided by 255)."""
+        expected = kwargs.get("input_dtype", self.input_dtype)
+        if expected is not None and np.dtype(dtype) != np.dtype(expected):
+            raise ValueError(f"Image {index} is {np.dtype(dtype).name}, but this processor's per-band statistics "
+                             f"were computed on {expected} images: pass the data the model was trained on.")
+        default_scale = abs(float(kwargs["rescale_factor"]) - 1 / 255) < 1e-12
+        if kwargs["do_rescale"] and default_scale and np.dtype(dtype) != np.uint8:
+            raise ValueError(
+                f"Image {index} is {np.dtype(dtype).name}, but this processor rescales by 1/255 (8-bit imagery). "
+                "For other dtypes, store per-band statistics in the image's own units: "
+                "S5ImageProcessor(do_rescale=False, image_mean=[...], image_std=[...]), e.g. "
+                "processor_from_band_stats(compute_band_stats(images)) from s5_hf.data.band_stats "
+                "(or give an explicit rescale_factor)."
+            )
+
+    def _resize_any(self, image: np.ndarray, size, resample) -> np.ndarray:
+        """Bilinear/nearest resize of a (C, H, W) array of any dtype and band count (Pillow takes 8-bit 1/3 bands
+        only); integer labels keep their values."""
+        height, width = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        if resample == PILImageResampling.NEAREST:
+            out = F.interpolate(tensor, size=(height, width), mode="nearest")
+        else:
+            out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+        out = out[0].numpy()
+        return out.astype(image.dtype) if np.issubdtype(image.dtype, np.integer) and resample == PILImageResampling.NEAREST else out
 
     def _transform(
         self,
@@ -135,7 +172,10 @@ class S5ImageProcessor(PilBackend):
         out = []
         for image in images:
             if do_resize:
-                image = self.resize(image=image, size=size, resample=resample)
+                if image.dtype == np.uint8 and image.shape[0] in (1, 3):
+                    image = self.resize(image=image, size=size, resample=resample)
+                else:
+                    image = self._resize_any(image, size, resample)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:

@@ -670,7 +670,7 @@ def run_training(
         if state["best"] is None or score > state["best"]:
             state["best"], state["best_step"] = score, step
             claim("best")
-            save_model_folder(accelerator, model, Path(args.output_dir) / "best")
+            save_model_folder(accelerator, model, Path(args.output_dir) / "best", getattr(args, "image_processor", None))
             claim()
         return results
 
@@ -710,7 +710,7 @@ def run_training(
 
     validation = validate(args.max_train_steps)
     claim("model")
-    save_model_folder(accelerator, model, Path(args.output_dir) / "model")
+    save_model_folder(accelerator, model, Path(args.output_dir) / "model", getattr(args, "image_processor", None))
     results = {**validation, **(test() if test is not None else {})}
     if accelerator.is_main_process:
         output = Path(args.output_dir)

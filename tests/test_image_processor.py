@@ -89,3 +89,32 @@ def test_nan_and_inf_are_refused_with_counts_per_band():
     finite = processor(np.nan_to_num(image, nan=0.5, posinf=0.5), input_data_format="channels_first",
                        return_tensors="pt")["pixel_values"]
     assert torch.isfinite(finite).all()
+
+
+# ---- dtypes: 8-bit only with the default 1/255; other dtypes need per-band statistics -------------------------------
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float32])
+def test_non_8bit_images_are_refused_by_the_default_scale(dtype):
+    image = np.full((16, 16, 3), 1000 if dtype != np.float32 else 0.5, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"Image 0 is {np.dtype(dtype).name}, but this processor rescales by 1/255"):
+        S5ImageProcessor(do_resize=False)(image)
+
+
+def test_band_statistics_normalise_in_the_images_units_and_survive_save_pretrained(tmp_path):
+    from s5_hf.data.band_stats import compute_band_stats, processor_from_band_stats
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(200, 6000, (16, 16, 4)).astype(np.uint16) for _ in range(3)]
+    processor = processor_from_band_stats(compute_band_stats(images), size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path)
+    reloaded = S5ImageProcessor.from_pretrained(tmp_path)
+    assert reloaded.do_rescale is False and reloaded.input_dtype == "uint16"
+    stacked = np.stack(images).astype(np.float64)
+    mean, std = stacked.mean(axis=(0, 1, 2)), stacked.std(axis=(0, 1, 2))
+    out = reloaded(images[0], do_resize=False, return_tensors="pt")["pixel_values"][0]
+    expected = (images[0].astype(np.float64) - mean) / std
+    np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-4)
+    assert reloaded(images[0], return_tensors="pt")["pixel_values"].shape == (1, 4, 32, 32)  # 4-band resize
+    with pytest.raises(ValueError, match="is uint8, but this processor's per-band statistics were computed on uint16"):
+        reloaded(images[0].astype(np.uint8))
+    with pytest.raises(ValueError, match="has 3 bands but this processor normalises 4"):
+        reloaded(images[0][..., :3])

@@ -34,6 +34,7 @@ the final adapters are also written to `<output_dir>/lora/<task>/`, each loadabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -42,8 +43,11 @@ from pathlib import Path
 import torch
 
 from s5_hf import S5Config, S5ForSemanticSegmentation, files
+from s5_hf.image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
 from s5_hf.augment import LabeledTransform
-from s5_hf.data.streams import DataSource, TrainStream, process_part
+from s5_hf.data.band_stats import RawUnitsTransform, compute_band_stats, processor_from_band_stats
+from s5_hf.data.folders import CheckedMasks
+from s5_hf.data.streams import DataSource, TrainStream, process_part, read_id2label
 from s5_hf.evaluation import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
 from s5_hf.losses import mdf_losses
@@ -66,6 +70,52 @@ def name_values(pairs: list[str] | None, cast, option: str) -> dict:
     return out
 
 
+def per_dataset(items: list[str], names, cast, option: str) -> dict:
+    """'VALUE' (every dataset) or 'NAME=VALUE' items -> {name: value}; the error names the option and the item."""
+    out = {}
+    for item in items or []:
+        if "=" in item:
+            out.update(name_values([item], cast, option))
+        else:
+            try:
+                value = cast(item)
+            except ValueError as error:
+                raise ValueError(f"{option}: {item!r} is not a valid value ({error}).") from None
+            out.update({name: value for name in names})
+    return out
+
+
+def _labels_file(path: str) -> dict[int, str]:
+    try:
+        return read_id2label(path)
+    except ValueError as error:
+        raise ValueError(f"--labels: {error}") from None
+
+
+def with_dataset_options(sources: dict, args: argparse.Namespace) -> dict:
+    """The sources with their --labels, --ignore_index, --nodata and --validation_split."""
+    names = list(sources)
+    options = {
+        "id2label": name_values(args.labels, _labels_file, "--labels"),
+        "ignore_index": name_values(args.ignore_index, int, "--ignore_index"),
+        "nodata": per_dataset(args.nodata, names, float, "--nodata"),
+        "validation_split": per_dataset(args.validation_split, names, float, "--validation_split"),
+    }
+    for option, values in options.items():
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"--{'labels' if option == 'id2label' else option} names {unknown}, which are not among "
+                             f"--train_datasets {names}.")
+    out = {}
+    for name, source in sources.items():
+        given = {option: values[name] for option, values in options.items() if name in values}
+        if source.kind != "folder" and set(given) & {"nodata", "validation_split"}:
+            raise ValueError(f"--nodata/--validation_split apply to folders of image/mask pairs, not to "
+                             f"{name}={source.location} ({source.kind}).")
+        out[name] = dataclasses.replace(source, split_seed=args.seed, **given)
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -83,6 +133,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='JSON {NAME: options} for benchmark readers, e.g. \'{"potsdam": {"patch_size": 512}}\': '
                            "patch_size/stride (ISPRS cut 512 px patches by default: smaller tiles become mostly "
                            "padding), heldout_fraction (0.125), see s5_hf.data.load_benchmark.")
+    data.add_argument("--labels", nargs="*", default=[],
+                      help="NAME=id2label.json: the classes of a dataset that is not a benchmark (JSON object "
+                           '{"0": "background", ...}); default: the folder\'s id2label.json or the shard card\'s id2label.')
+    data.add_argument("--ignore_index", nargs="*", default=[],
+                      help="NAME=ID: the mask value a dataset's loss and metrics ignore (default 255).")
+    data.add_argument("--nodata", nargs="*", default=[],
+                      help="VALUE or NAME=VALUE (e.g. 0, nan): image nodata of folder datasets, overriding the "
+                           "GeoTIFF's own; such pixels are ignored by the loss and the metrics.")
+    data.add_argument("--validation_split", nargs="*", default=[],
+                      help="FRACTION or NAME=FRACTION: part of a folder dataset without val/ held out (fixed seed, "
+                           "--seed) for model selection.")
     data.add_argument("--batch_size", type=int, default=12, help="Images per dataset, process and step.")
     data.add_argument("--ratio_range", type=float, nargs=2, default=(0.5, 2.0))
     loss = parser.add_argument_group("loss")
@@ -109,6 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sources = {s.name: s for s in (DataSource.parse(t) for t in args.train_datasets)}
     if len(args.sources) != len(args.train_datasets):
         raise ValueError(f"--train_datasets names a dataset twice: {args.train_datasets}.")
+    args.sources = with_dataset_options(args.sources, args)
     defaults = {name: source.default_splits() for name, source in args.sources.items()}
     args.train_splits = {n: d[0] for n, d in defaults.items()} | name_values(args.train_splits, str, "--train_splits")
     args.validation_splits = ({n: d[1] for n, d in defaults.items()}
@@ -133,20 +195,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def model_bands(args: argparse.Namespace) -> int:
+    """The band count (num_channels) of the model the run will train, read before any weights are loaded."""
+    if args.model_name_or_path:
+        return S5Config.from_pretrained(args.model_name_or_path).num_channels
+    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    return int(overrides.get("num_channels", 3)) if isinstance(overrides, dict) else 3
+
+
+def data_normalisation(args: argparse.Namespace, num_channels: int):
+    """(processor to save with the model or None for the default 8-bit RGB one, mean, std, raw_units).
+
+    Benchmarks and 8-bit RGB folders use the ImageNet statistics on [0, 1]. Folders of other bands or dtypes get
+    per-band statistics from one streaming pass over their training splits (nodata left out), which the saved
+    processor keeps for inference; all such sources must share one band layout, matching the model's
+    `num_channels`."""
+    layouts = {}
+    for name, source in args.sources.items():
+        if source.kind == "folder":
+            info = source.folder().check()
+            layouts[name] = (info.bands, info.dtype)
+        else:
+            layouts[name] = (3, "uint8")
+    if all(layout == (3, "uint8") for layout in layouts.values()):
+        if num_channels != 3:
+            raise ValueError(f"The data is 8-bit RGB but the model takes {num_channels} bands (num_channels).")
+        return None, S5_IMAGE_MEAN, S5_IMAGE_STD, False
+    if len(set(layouts.values())) > 1:
+        raise ValueError(f"One model normalises one band layout; the datasets differ (bands, dtype): {layouts}.")
+    bands, dtype = next(iter(layouts.values()))
+    if num_channels != bands:
+        raise ValueError(f"The data has {bands} bands but the model takes {num_channels} (num_channels): "
+                         "build the model with num_channels set to the data's band count.")
+    stats = compute_band_stats(
+        item for name, source in args.sources.items() for item in source.folder().iter_images(args.train_splits[name]))
+    logging.getLogger(__name__).info("Band statistics over %d images (%s): mean %s, std %s", stats.images,
+                                     stats.dtype, stats.mean, stats.std)
+    processor = processor_from_band_stats(stats)
+    return processor, stats.mean, stats.std, True
+
+
 def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
     if getattr(args, "lora", False):
         return build_lora_model(args)
-    tasks = list(args.sources)
+    tasks = [source.task() for source in args.sources.values()]
+    names = list(args.sources)
     if not args.model_name_or_path:
         return S5ForSemanticSegmentation(config_from_arguments(args, tasks, part_features=args.part_features))
     if args.config_overrides:
         raise ValueError("--config_overrides builds a new model; it cannot be combined with --model_name_or_path.")
     start = S5ForSemanticSegmentation.from_pretrained(args.model_name_or_path)
-    if start.config.task_names == tasks:  # an MDF model already: continue fine-tuning it
+    if start.config.task_names == names:  # an MDF model already: continue fine-tuning it
         return start
     if len(start.config.tasks) != 1:
         raise ValueError(f"{args.model_name_or_path} has heads {start.config.task_names}: start from a single-task "
-                         f"(S4P) model, or from a multi-task model with exactly the heads {tasks}.")
+                         f"(S4P) model, or from a multi-task model with exactly the heads {names}.")
     fields = {k: v for k, v in start.config.to_dict().items() if k in S5Config.__dataclass_fields__}
     config = S5Config(**{**fields, "tasks": tasks, "part_features": args.part_features, "default_task": None,
                          "out_indices": start.config.out_indices})
@@ -164,20 +267,39 @@ def build_lora_model(args: argparse.Namespace):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # Data checks and band statistics come first: a bad dataset stops the run before its output folder exists.
+    processor, mean, std, raw_units = data_normalisation(args, model_bands(args))
+    args.image_processor = processor  # saved with the model (train_loop.run_training)
+    scored = sorted(n for n in args.sources if args.validation_splits[n] or args.test_splits[n])
+    if raw_units and scored:
+        # s5_hf.evaluation reads 8-bit RGB only; fail now rather than after training.
+        raise ValueError(f"Evaluating data other than 8-bit RGB is not supported yet; skip it for {scored} with "
+                         f"--validation_splits {' '.join(n + '=' for n in scored)} --test_splits "
+                         f"{' '.join(n + '=' for n in scored)}.")
     accelerator = make_accelerator(args)
     torch.manual_seed(args.seed)
     model = build_model(args)
     config = model.config
     for name, source in args.sources.items():
-        if name in LABEL_SETS:
-            check_task_classes(config, name, LABEL_SETS[name].num_classes, f"{name}={source.location}")
+        task = source.task()
+        classes = LABEL_SETS[name].num_classes if isinstance(task, str) else len(task["id2label"])
+        check_task_classes(config, name, classes, f"{name}={source.location}")
+
+
+    def transform(name: str, source: DataSource):
+        labeled = LabeledTransform(crop, tuple(args.ratio_range), mean=mean, std=std)
+        labeled = RawUnitsTransform(labeled) if raw_units else labeled
+        task = source.task()
+        if isinstance(task, dict) and source.kind in ("shards", "hub"):  # folders check their masks when read
+            labeled = CheckedMasks(labeled, len(task["id2label"]), task["ignore_index"], f"{name}={source.location}")
+        return labeled
 
     rank, world = accelerator.process_index, accelerator.num_processes
     crop = args.crop_size
     streams = {
         name: TrainStream(
             process_part(source.load(args.train_splits[name], **args.reader_options.get(name, {})), rank, world),
-            LabeledTransform(crop, tuple(args.ratio_range)), args.batch_size, seed=args.seed + index,
+            transform(name, source), args.batch_size, seed=args.seed + index,
             shuffle_buffer=args.shuffle_buffer, num_workers=args.num_workers, name=f"{name}={source.location}")
         for index, (name, source) in enumerate(args.sources.items())
     }

@@ -17,6 +17,7 @@ draw on every process. Data sources: see `s5_hf.data.streams` (benchmark layouts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -24,7 +25,7 @@ import torch
 
 from s5_hf import S5ForSemanticSegmentation
 from s5_hf.augment import LabeledTransform, UnlabeledTransform
-from s5_hf.data.streams import DataSource, TrainStream, process_part
+from s5_hf.data.streams import DataSource, TrainStream, process_part, read_id2label
 from s5_hf.evaluation import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
 from s5_hf.losses import s4p_losses
@@ -50,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--test_split", default=None,
                       help="Split of --labeled scored at the end and reported, if not the validation split ('' = "
                            "none; default: the benchmark's evaluation split).")
+    data.add_argument("--labels", default=None,
+                      help="id2label.json of the labeled data when it is not a benchmark (a JSON object "
+                           '{"0": "background", ...}); default: the folder\'s id2label.json or the shard card\'s.')
     data.add_argument("--unlabeled", required=True, help="NAME=LOCATION of the unlabeled data (RS4P shards).")
     data.add_argument("--unlabeled_split", default="train")
     data.add_argument("--batch_size", type=int, default=12, help="Labeled images per process and step.")
@@ -62,21 +66,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_arguments(parser, learning_rate=5e-5, weight_decay=0.01, eval_steps=2000, max_train_steps=120_000)
     args = parser.parse_args(argv)
     args.unlabeled_batch_size = args.unlabeled_batch_size or args.batch_size
-    train, validation, test = DataSource.parse(args.labeled, "isaid").default_splits()
+    args.labeled_source = DataSource.parse(args.labeled, "isaid")
+    if args.labels:
+        args.labeled_source = dataclasses.replace(args.labeled_source, id2label=read_id2label(args.labels))
+    train, validation, test = args.labeled_source.default_splits()
     args.labeled_split = train if args.labeled_split is None else args.labeled_split
     args.validation_split = validation if args.validation_split is None else args.validation_split
     args.test_split = test if args.test_split is None else args.test_split
     return args
 
 
-def build_model(args: argparse.Namespace, task: str) -> S5ForSemanticSegmentation:
+def build_model(args: argparse.Namespace, task: str | dict) -> S5ForSemanticSegmentation:
+    """A new model with the one head `task` (a benchmark name or {"name", "id2label", "ignore_index"}), or the
+    given one, whose head must be `task`."""
+    name = task if isinstance(task, str) else task["name"]
     if args.model_name_or_path:
         if args.config_overrides:
             raise ValueError("--config_overrides builds a new model; it cannot be combined with --model_name_or_path.")
         model = S5ForSemanticSegmentation.from_pretrained(args.model_name_or_path)
-        if model.config.task_names != [task]:
+        if model.config.task_names != [name]:
             raise ValueError(f"{args.model_name_or_path} has heads {model.config.task_names}; S4P trains one head, "
-                             f"{task!r} (the name of the labeled data).")
+                             f"{name!r} (the name of the labeled data).")
         return model
     return S5ForSemanticSegmentation(config_from_arguments(args, [task]))
 
@@ -84,12 +94,13 @@ def build_model(args: argparse.Namespace, task: str) -> S5ForSemanticSegmentatio
 def main(argv=None) -> dict:
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    labeled, unlabeled = DataSource.parse(args.labeled, "isaid"), DataSource.parse(args.unlabeled, "rs4p")
+    labeled, unlabeled = args.labeled_source, DataSource.parse(args.unlabeled, "rs4p")
     torch.manual_seed(args.seed)  # the same initial weights on every process
-    model = build_model(args, labeled.name)
+    wanted = labeled.task()
+    model = build_model(args, wanted)
     task = model.config.tasks[0]
-    if labeled.name in LABEL_SETS:
-        check_task_classes(model.config, labeled.name, LABEL_SETS[labeled.name].num_classes, args.labeled)
+    classes = LABEL_SETS[wanted].num_classes if isinstance(wanted, str) else len(wanted["id2label"])
+    check_task_classes(model.config, labeled.name, classes, args.labeled)
 
     rank, world = accelerator.process_index, accelerator.num_processes
     crop = args.crop_size

@@ -4,7 +4,10 @@ A source is named on the command line as ``NAME=LOCATION`` (or just ``LOCATION``
 
 - a benchmark in its owner's layout (``vaihingen=/data/Vaihingen``): read with `load_benchmark`, streamed;
 - a folder of Parquet shards written by `to_parquet_shards` or the RS4P export (``rs4p=/data/rs4p``);
-- a Hub dataset id (``rs4p=s5/rs4p-1m``), streamed with `datasets.load_dataset`.
+- a Hub dataset id (``rs4p=s5/rs4p-1m``), streamed with `datasets.load_dataset`;
+- a user's labeled dataset: a folder of image/mask pairs (``images/`` + ``masks/``, optional ``train/``/``val/``)
+  or a CSV of pairs (``mycrops=/data/mycrops``), any bands and dtype, with nodata (`s5_hf.data.folders`). Its
+  classes (`id2label`), ignore index, nodata value and validation fraction are fields of the `DataSource`.
 
 Every process reads its own part (`datasets.distributed.split_dataset_by_node`: whole shards when the shard count
 divides by the world size, every `world_size`-th row otherwise), so no sample is read twice or missed. A sample's
@@ -26,6 +29,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from .folders import LabeledFolder, is_labeled_folder, read_id2label
 from .registry import BENCHMARKS, HELDOUT, TRAIN_MINUS_HELDOUT, load_benchmark, stage_splits
 from ..augment import sample_generator
 
@@ -37,6 +41,14 @@ class DataSource:
 
     name: str
     location: str
+    #: Classes of a non-benchmark source ({id: name}); None: read from the data (folder ``id2label.json``).
+    id2label: dict | None = None
+    ignore_index: int = 255
+    #: Nodata value of the images (folders; overrides the GeoTIFF's own); such pixels are ignored, never a class.
+    nodata: float | None = None
+    #: Fraction of a folder without a val split held out (seeded by `split_seed`) as "val".
+    validation_split: float | None = None
+    split_seed: int = 0
 
     @classmethod
     def parse(cls, text: str, default_name: str | None = None) -> DataSource:
@@ -51,14 +63,19 @@ class DataSource:
     @property
     def kind(self) -> str:
         path = Path(self.location)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            return "folder"
         if path.is_dir():
             if any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")):
                 return "shards"
             if self.name in BENCHMARKS:
                 return "benchmark"
+            if is_labeled_folder(path) or len(list(path.glob("*.csv"))) == 1:
+                return "folder"
             raise ValueError(
                 f"{self.location} holds no Parquet shards, and {self.name!r} is not a benchmark with a known layout "
-                f"({', '.join(BENCHMARKS)}): name the source after its benchmark or point at a shard folder."
+                f"({', '.join(BENCHMARKS)}); nor does it hold image/mask pairs (images/ + masks/, train/ and val/ "
+                "sub-folders, or one CSV of pairs)."
             )
         # Anything that is not an existing folder must look like a Hub id ("owner/name" or "name").
         if path.exists() or self.location.startswith((".", "/", "~")) or self.location.count("/") > 1:
@@ -70,6 +87,8 @@ class DataSource:
         kind = self.kind
         if kind == "benchmark":
             return load_benchmark(self.name, self.location, split, streaming=True, **options)
+        if kind == "folder" and not options:
+            return self.folder().load(split)
         if options:
             raise TypeError(f"Reader options {sorted(options)} apply to benchmark layouts, not to {kind} {self.location}.")
         if split in (HELDOUT, TRAIN_MINUS_HELDOUT):
@@ -82,15 +101,57 @@ class DataSource:
             raise ValueError(f"Data source {self.name}={self.location}: cannot load split {split!r}: {error}") from error
 
 
+    def folder(self) -> LabeledFolder:
+        """The labeled folder of a ``folder`` source, with this source's classes, nodata and validation split."""
+        return LabeledFolder(self.location, self.name, id2label=self.id2label, ignore_index=self.ignore_index,
+                             nodata=self.nodata, validation_split=self.validation_split, split_seed=self.split_seed)
+
+    def task(self) -> str | dict:
+        """The model task (head) this source trains: a benchmark's name, or {"name", "id2label", "ignore_index"}
+        from `id2label` or the data itself (a folder's ``id2label.json``, a shard card's ``id2label``)."""
+        if self.id2label is None and self.name in BENCHMARKS:
+            return self.name
+        id2label = self.id2label
+        if id2label is None:
+            kind = self.kind
+            if kind == "folder":
+                id2label = self.folder().id2label
+            elif kind == "shards":
+                table = Path(self.location) / "id2label.json"  # the transformers segmentation examples' file
+                id2label = read_id2label(table) if table.is_file() else card_id2label(self.location)
+        if id2label is None:
+            raise ValueError(f"Data source {self.name}={self.location}: its classes are unknown: pass --labels "
+                             f"{self.name}=id2label.json (a JSON object {{\"0\": \"background\", ...}}).")
+        return {"name": self.name, "id2label": {int(k): str(v) for k, v in id2label.items()},
+                "ignore_index": self.ignore_index}
+
     def default_splits(self) -> tuple[str, str, str]:
         """(training, model-selection, reported) split: see `s5_hf.data.registry.stage_splits` for benchmark
         layouts (ISPRS: the held-out training tiles select, the test split is reported); Parquet and Hub sources
         of a known benchmark use its evaluation split for both (name another with the scripts' split options),
         others "val"."""
-        if self.kind == "benchmark":
+        kind = self.kind
+        if kind == "benchmark":
             return stage_splits(self.name)
+        if kind == "folder" and "val" not in self.folder().splits:
+            return "train", "", ""  # nothing to validate on (no val/ folder nor --validation_split)
         evaluation = BENCHMARKS[self.name].eval_split if self.name in BENCHMARKS else "val"
         return "train", evaluation, evaluation
+
+
+def card_id2label(folder: str | os.PathLike) -> dict[int, str] | None:
+    """``id2label`` from the YAML metadata of a shard folder's dataset card (README.md), if it declares one."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return None
+    text = card.read_text()
+    if not text.startswith("---"):
+        return None
+    import yaml
+
+    metadata = yaml.safe_load(text.split("---", 2)[1]) or {}
+    id2label = metadata.get("id2label") if isinstance(metadata, dict) else None
+    return {int(k): str(v) for k, v in id2label.items()} if isinstance(id2label, dict) else None
 
 
 def process_part(dataset: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
@@ -197,4 +258,4 @@ class TrainStream:
         self._iterator = None
 
 
-__all__ = ["DataSource", "TrainStream", "process_part", "sample_seed_key"]
+__all__ = ["DataSource", "TrainStream", "card_id2label", "process_part", "read_id2label", "sample_seed_key"]

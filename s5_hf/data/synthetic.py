@@ -14,6 +14,7 @@ GeoKeyDirectory).
 from __future__ import annotations
 
 import colorsys
+import json
 import os
 import zlib
 from collections.abc import Sequence
@@ -298,8 +299,91 @@ def make_fake_unlabeled_pool(
     return root
 
 
+#: Value range each dtype's fake bands are drawn from (16-bit: reflectance-like values, as Sentinel-2 L2A).
+_BAND_RANGES = {"uint8": (20, 235), "uint16": (200, 6000), "int16": (-500, 4000), "float32": (0.02, 0.9)}
+
+
+def make_fake_labeled_folder(
+    root: str | os.PathLike,
+    num_images: int = 6,
+    size: int = 64,
+    bands: int = 3,
+    dtype: str = "uint8",
+    num_classes: int = 4,
+    *,
+    layout: str = "folders",
+    image_format: str = "tif",
+    nodata: float | None = None,
+    nodata_border: int = 0,
+    seed: int = 0,
+) -> Path:
+    """A user's labeled dataset of `num_images` image/mask pairs (`s5_hf.data.folders` layouts), and its classes
+    in ``<root>/id2label.json``.
+
+    Each class has a fixed value per band (spread over the dtype's range) plus noise, so the image -> label relation
+    is learnable in a few steps. With `nodata_border` px, the left columns of every image hold `nodata` in every band
+    (the GeoTIFF declares it) and the mask there holds class 0: a reader that ignored nodata would train on them.
+
+    Args:
+        layout: ``"folders"`` (images/ + masks/), ``"splits"`` (train/ and val/, the last third in val) or
+            ``"csv"`` (files in data/, pairs listed in ``pairs.csv`` with a split column).
+        image_format: ``"tif"`` (GeoTIFF with a CRS, written with rasterio) or ``"png"`` (8-bit 3-band only).
+    """
+    root = Path(root)
+    rng = np.random.default_rng([seed, num_classes, bands])
+    low, high = _BAND_RANGES[dtype]
+    signature = rng.uniform(low, high, (num_classes, bands))
+    rows = []
+    for index in range(num_images):
+        stem = f"tile_{index:03d}"
+        sample_rng = _rng("folder", stem, seed)
+        ids = _scene(sample_rng, size, size, int(sample_rng.integers(0, num_classes)), range(num_classes),
+                     num_shapes=8, scale=0.4)
+        noise = sample_rng.normal(0.0, 0.03 * (high - low), (size, size, bands))
+        pixels = np.clip(signature[ids] + noise, low, high).astype(dtype)
+        if nodata_border:
+            pixels[:, :nodata_border] = nodata
+            ids[:, :nodata_border] = 0
+        split = "val" if layout == "splits" and index >= num_images - max(1, num_images // 3) else "train"
+        base = root / (split if layout == "splits" else "data" if layout == "csv" else "")
+        image_dir, mask_dir = (base, base) if layout == "csv" else (base / "images", base / "masks")
+        suffix = ".tif" if image_format == "tif" else ".png"
+        image_path = image_dir / (f"{stem}{suffix}" if layout != "csv" else f"{stem}_image{suffix}")
+        mask_path = mask_dir / (f"{stem}.png" if layout != "csv" else f"{stem}_mask.png")
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        if image_format == "tif":
+            write_multiband_geotiff(image_path, pixels, nodata=nodata)
+        else:
+            if dtype != "uint8" or bands != 3:
+                raise ValueError("PNG fakes are 8-bit RGB; use image_format='tif' for other bands or dtypes.")
+            Image.fromarray(pixels).save(image_path)
+        Image.fromarray(ids).save(mask_path)
+        rows.append((image_path.relative_to(root).as_posix(), mask_path.relative_to(root).as_posix(), split))
+    if layout == "csv":
+        lines = ["image,mask,split"] + [",".join(row) for row in rows]
+        (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    (root / "id2label.json").write_text(json.dumps({str(k): f"class_{k}" for k in range(num_classes)}))
+    return root
+
+
+def write_multiband_geotiff(path: str | os.PathLike, pixels: np.ndarray, *, nodata: float | None = None,
+                            epsg: int = 32632, pixel_size: float = 10.0) -> None:
+    """An (H, W, C) array as a C-band GeoTIFF (UTM CRS, `nodata` declared if given), through rasterio."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    height, width, count = pixels.shape
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count, dtype=pixels.dtype.name,
+                       crs=f"EPSG:{epsg}", transform=Affine(pixel_size, 0.0, 500000.0, 0.0, -pixel_size, 5400000.0),
+                       nodata=nodata) as dst:
+        dst.write(pixels.transpose(2, 0, 1))
+
+
 __all__ = [
     "FakeSample",
+    "make_fake_labeled_folder",
+    "write_multiband_geotiff",
     "boundary",
     "class_colours",
     "fake_sample",
