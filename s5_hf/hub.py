@@ -214,6 +214,7 @@ def check_lora_adapters(folder: str | os.PathLike, config) -> list[str]:
 
 
 def _architecture(config) -> dict:
+    """A short description of a model for messages."""
     return {"hidden_size": config.hidden_size, "layers": config.num_hidden_layers, "tasks": config.task_names,
             "expert_features": config.part_features if config.use_experts else 0}
 
@@ -274,7 +275,7 @@ def resolve_card(card: str | os.PathLike | ModelCard | None, config, repo_id: st
             resolved = ModelCard.load(path)
         if OFFICIAL_WEIGHTS_STATEMENT in str(resolved):
             # A released model's card given as a file (e.g. model_cards/s5-vit-b-mdf.md): the same weights check.
-            same = [m for m in RELEASED_MODELS if _architecture(m.config()) == _architecture(config)]
+            same = [m for m in RELEASED_MODELS if not m.config().architecture_differences(config)]
             if not same:
                 raise PublishError(
                     f"The given card says {OFFICIAL_WEIGHTS_STATEMENT.lower()!r}, but no released model has this "
@@ -292,9 +293,10 @@ def resolve_card(card: str | os.PathLike | ModelCard | None, config, repo_id: st
         return resolved
     released = {m.name: m for m in RELEASED_MODELS}
     model = released[str(card)]
-    expected, got = _architecture(model.config()), _architecture(config)
-    if expected != got:
-        raise PublishError(f"Card {card!r} describes {expected} but the folder's model is {got}.")
+    differences = model.config().architecture_differences(config)
+    if differences:
+        raise PublishError(f"Card {card!r} describes {_architecture(model.config())} but the folder's model is "
+                           f"{_architecture(config)}: {differences} (card, folder).")
     if lora_adapters:
         raise PublishError(f"Card {card!r} is the card of the released official checkpoint, which has no LoRA "
                            f"adapters; this folder has adapters for {list(lora_adapters)}.")

@@ -55,7 +55,6 @@ from . import files
 from .configuration_s5 import S5Config
 from .image_processing_s5 import S5ImageProcessor
 from .metrics import save_confusion_matrix_png
-from .modeling_s5 import BACKBONE_KEYS
 from .precision import check_accelerate_precision
 
 logger = get_logger(__name__)
@@ -65,7 +64,6 @@ RUN_KIND = "s5-hf training run"
 INTEGRITY_NAME = "integrity.json"
 # Config fields that must agree between a checkpoint and the model a run builds: the weight shapes, and the
 # expert width.
-ARCHITECTURE_KEYS = (*BACKBONE_KEYS, "part_features")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, weight_decay: float,
@@ -337,15 +335,13 @@ def check_task_classes(config: S5Config, task: str, num_classes: int, source: st
 
 
 def check_architecture(saved: S5Config | Mapping, expected: S5Config, what: str) -> None:
-    """Refuse a checkpoint built for another architecture or task list, naming the differences."""
-    saved = saved if isinstance(saved, Mapping) else saved.to_dict()
-    diff = {k: (saved.get(k), getattr(expected, k)) for k in ARCHITECTURE_KEYS if saved.get(k) != getattr(expected, k)}
-    saved_tasks = [(t["name"], len(t["id2label"])) for t in saved.get("tasks") or []]
-    expected_tasks = [(t["name"], len(t["id2label"])) for t in expected.tasks]
-    if saved_tasks != expected_tasks:
-        diff["tasks (name, classes)"] = (saved_tasks, expected_tasks)
-    if saved.get("model_type") != "s5":
-        diff["model_type"] = (saved.get("model_type"), "s5")
+    """Refuse a checkpoint built for another architecture or task list, naming the differences
+    (`S5Config.architecture_differences`, the one definition of "the same model")."""
+    model_type = saved.get("model_type") if isinstance(saved, Mapping) else saved.model_type
+    if model_type != "s5":
+        diff = {"model_type": (model_type, "s5")}
+    else:
+        diff = {k: (theirs, ours) for k, (ours, theirs) in expected.architecture_differences(saved).items()}
     if diff:
         raise ValueError(f"{what} does not match the model this run builds: {diff} (checkpoint, run).")
 
