@@ -1,7 +1,10 @@
 """Model benchmarks on CPU, each figure printed with its baseline measured in the same run.
 
 1. A batch mixing the four MDF datasets in ONE forward vs. one forward per dataset (the official way).
-   Interleaved rounds; wall and process CPU time, min and median (the machine may be shared).
+   Interleaved rounds; wall and process CPU time, min and median (the machine may be shared); FLOPs and the
+   fraction of this machine's measured fp32 matmul rate (benchmarks/machine.py); peak memory of each variant in
+   a fresh subprocess (its VmHWM minus its resident memory after building the model). The rows are interleaved
+   by task (a, b, c, d, a, b, ...), the order a data loader mixing datasets produces.
 2. Training steps (forward + backward + AdamW) of the ViT-B MoE-MDF model at 512 px: steps/s and peak memory,
    with and without gradient checkpointing. Batch 2: a training batch needs at least 2 images per task
    (BatchNorm after the 1x1 pyramid pooling cannot normalise a single value per channel). Each case runs in a fresh subprocess so that its peak resident
@@ -23,6 +26,8 @@ import time
 
 import torch
 
+from machine import case_line, count_flops, machine_line, measure_matmul_rates  # benchmarks/machine.py
+from memory import current_rss_mb, peak_rss_mb  # benchmarks/memory.py
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.label_sets import MDF_TASKS
 
@@ -46,40 +51,63 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_mixed_forward(preset: str, image_size: int, per_task: int, repeats: int) -> None:
+def mixed_batch(preset: str, image_size: int, per_task: int):
+    """The model, the images and both ways of running them: one mixed forward, or one forward per dataset."""
+    torch.manual_seed(0)
     model = build(preset, image_size).eval()
-    tasks = [t for t in MDF_TASKS for _ in range(per_task)]
+    tasks = [MDF_TASKS[i % len(MDF_TASKS)] for i in range(per_task * len(MDF_TASKS))]  # interleaved datasets
     pixel_values = torch.randn(len(tasks), 3, image_size, image_size)
 
     @torch.no_grad()
     def one_forward():
-        model(pixel_values, task=tasks)
+        return model(pixel_values, task=tasks).logits
 
     @torch.no_grad()
-    def per_dataset():
-        for i, task in enumerate(MDF_TASKS):
-            model(pixel_values[i * per_task:(i + 1) * per_task], task=task)
+    def per_dataset():  # the official way; each dataset's logits are kept, as a caller would
+        return [model(pixel_values[[i for i, t in enumerate(tasks) if t == task]], task=task).logits
+                for task in MDF_TASKS]
 
-    # Interleaved rounds (one warm-up each), so that load from other processes hits both variants alike;
-    # the minimum is the least disturbed measurement, the median shows the spread.
-    # CPU time of this process is reported too: on a shared machine it is less disturbed than wall time.
-    one_forward(), per_dataset()
+    return {"mixed": one_forward, "separate": per_dataset}
+
+
+def mixed_memory_case(preset: str, image_size: int, per_task: int, variant: str) -> dict:
+    """Runs in a subprocess: peak resident memory of one call of `variant` over the memory after building."""
+    fn = mixed_batch(preset, image_size, per_task)[variant]
+    before = current_rss_mb()
+    fn()
+    return {"peak_mb": peak_rss_mb(), "increase_mb": peak_rss_mb() - before}
+
+
+def bench_mixed_forward(preset: str, image_size: int, per_task: int, repeats: int, rates=None) -> None:
+    variants = mixed_batch(preset, image_size, per_task)
+    flops = {name: count_flops(fn) for name, fn in variants.items()}  # also the warm-up call of each
+    # Interleaved rounds, so that load from other processes hits both variants alike; the minimum is the least
+    # disturbed measurement, the median shows the spread. CPU time of this process is reported too: on a shared
+    # machine it is less disturbed than wall time.
     wall = {"mixed": [], "separate": []}
     cpu = {"mixed": [], "separate": []}
     for _ in range(repeats):
-        for name, fn in (("mixed", one_forward), ("separate", per_dataset)):
+        for name, fn in variants.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(time.process_time() - start_cpu)
+    memory = {}
+    for name in variants:
+        args = json.dumps([preset, image_size, per_task, name])
+        out = subprocess.run([sys.executable, __file__, "--mixed-case", args], capture_output=True, text=True, check=True)
+        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"[mixed batch] {preset} {image_size}px, {per_task} image(s) x 4 datasets, inference, "
           f"{repeats} interleaved rounds, CPU threads={torch.get_num_threads()} (min / median)")
     for label, name in (("one forward per dataset (baseline)", "separate"), ("one mixed forward", "mixed")):
         print(f"  {label:34}: wall {min(wall[name]):7.2f} / {statistics.median(wall[name]):7.2f} s, "
-              f"CPU {min(cpu[name]):7.2f} / {statistics.median(cpu[name]):7.2f} s")
+              f"CPU {min(cpu[name]):7.2f} / {statistics.median(cpu[name]):7.2f} s, "
+              f"peak +{memory[name]['increase_mb']:.0f} MB over the built model (fresh process)")
+        print("    " + case_line(label, min(wall[name]), flops[name], rates, torch.float32, memory[name]["peak_mb"]))
     ratio = lambda d, f: f(d["separate"]) / f(d["mixed"])  # noqa: E731
     print(f"  speed-up of the mixed forward: wall x{ratio(wall, min):.2f} (min) x{ratio(wall, statistics.median):.2f} "
-          f"(median), CPU time x{ratio(cpu, min):.2f} (min) x{ratio(cpu, statistics.median):.2f} (median)")
+          f"(median), CPU time x{ratio(cpu, min):.2f} (min) x{ratio(cpu, statistics.median):.2f} (median); "
+          f"memory increase mixed/separate x{memory['mixed']['increase_mb'] / memory['separate']['increase_mb']:.2f}")
 
 
 def train_case(preset: str, image_size: int, batch: int, checkpointing: bool, steps: int) -> dict:
@@ -126,18 +154,28 @@ def bench_training(preset: str, image_size: int, batches: list[int], steps: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small config instead of ViT-B")
+    parser.add_argument("--mixed-only", action="store_true", help="only the mixed-batch comparison")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--mixed-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(train_case(*json.loads(args.case))))
         return
+    if args.mixed_case:
+        print(json.dumps(mixed_memory_case(*json.loads(args.mixed_case))))
+        return
+    print(machine_line())
+    rates = measure_matmul_rates()
+    print(rates.describe())
     if args.quick:
-        bench_mixed_forward("small", 128, per_task=2, repeats=3)
-        bench_training("small", 128, batches=[2], steps=2)
+        bench_mixed_forward("small", 128, per_task=2, repeats=3, rates=rates)
+        if not args.mixed_only:
+            bench_training("small", 128, batches=[2], steps=2)
     else:
-        bench_mixed_forward("vit-b", 512, per_task=1, repeats=3)
-        bench_mixed_forward("vit-b", 512, per_task=2, repeats=3)
-        bench_training("vit-b", 512, batches=[2], steps=2)
+        bench_mixed_forward("vit-b", 512, per_task=2, repeats=3, rates=rates)
+        if not args.mixed_only:
+            bench_mixed_forward("vit-b", 512, per_task=1, repeats=3, rates=rates)
+            bench_training("vit-b", 512, batches=[2], steps=2)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,52 @@ def open_scene(source: str | os.PathLike | np.ndarray | Image.Image | Scene) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Compiled forward
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Logits:
+    logits: torch.Tensor
+
+
+class CompiledSegmenter(torch.nn.Module):
+    """`model` with its single-task forward (`pixel_values -> logits`) compiled by `torch.compile`, one compiled
+    graph per task, for the sliding-window predictor (`segment_scene(CompiledSegmenter(model), ...)`, CLI
+    `--torch-compile`). Called like the model, `(pixel_values, task=name)`, it returns an object with `.logits`.
+
+    The input checks run eagerly first; the graph starts at the patch embedding, with the task fixed, so the
+    host-side routing of a mixed batch (a data-dependent read of the task ids) is not in it. Windows all have
+    one shape (edge windows are padded), so `dynamic=False` compiles once per batch size: a last, smaller batch
+    costs one more compilation.
+    """
+
+    def __init__(self, model, **compile_options):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.compile_options = {"dynamic": False, **compile_options}
+        self._compiled: dict[int, object] = {}
+
+    def _single_task_logits(self, task: int, pixel_values: torch.Tensor) -> torch.Tensor:
+        from .modeling_s5 import TaskRouting
+
+        routing = TaskRouting.whole_batch(task)
+        outputs = self.model.s5(pixel_values, routing=routing, return_dict=True, skip_neck=True)
+        return self.model._logits(outputs.feature_maps, routing, None, pixel_values.shape[-2:])
+
+    def forward(self, pixel_values: torch.Tensor, task: str | None = None) -> _Logits:
+        from .modeling_s5 import check_pixel_values
+
+        config = self.config
+        index = config.task_index(task if task is not None else config.default_task)
+        check_pixel_values(pixel_values, config.num_channels, config.patch_size)
+        if index not in self._compiled:
+            self._compiled[index] = torch.compile(
+                lambda pixels, index=index: self._single_task_logits(index, pixels), **self.compile_options
+            )
+        return _Logits(self._compiled[index](pixel_values))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Window geometry and blending
 # ----------------------------------------------------------------------------------------------------------------
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -326,8 +372,11 @@ def iter_label_strips(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Predict `scene` strip by strip: yields `(first_row, labels)` with `labels` a (rows, width) uint8 array.
 
-    Rows come in order, each exactly once. Memory: classes x window x width float32 accumulators, whatever
-    the scene's height.
+    Rows come in order, each exactly once. Windows go through the model `sliding.batch_size` at a time, in
+    row-major order and across window rows, so a batch fills up even where a scene is only a window or two wide
+    (evaluation images); the blended sums are added in the same order whatever the batch size. Memory:
+    classes x band x width float32 accumulators, the band being the rows that one batch of windows spans (one
+    window's height when a batch stays within a window row), whatever the scene's height.
     """
     config = model.config
     sliding = sliding or SlidingWindow()
@@ -351,35 +400,37 @@ def iter_label_strips(
     win_w = min(sliding.window, math.ceil(width / patch) * patch)
     rows = window_starts(height, win_h, max(1, round(win_h * (1 - sliding.overlap))))
     cols = window_starts(width, win_w, max(1, round(win_w * (1 - sliding.overlap))))
+    windows = [(top, left) for top in rows for left in cols]  # row-major: rows become final in order
+    batches = [windows[i : i + sliding.batch_size] for i in range(0, len(windows), sliding.batch_size)]
     weights = torch.from_numpy(hann_weights(win_h, win_w))
     device = next(model.parameters()).device
 
-    band_h = min(win_h, height)
+    # The band starts at the top of the first window not yet predicted and must hold every row of the next batch.
+    band_h = min(height, max(batch[-1][0] + win_h - batch[0][0] for batch in batches))
     accumulator = np.zeros((num_classes, band_h, width), dtype=np.float32)
     band_top = 0
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(rows) * len(cols), unit="window", desc=Path(scene.name).name, disable=not progress)
+    bar = tqdm(total=len(windows), unit="window", desc=Path(scene.name).name, disable=not progress)
     try:
-        for index, top in enumerate(rows):
-            for start in range(0, len(cols), sliding.batch_size):
-                lefts = cols[start : start + sliding.batch_size]
-                batch = torch.zeros(len(lefts), config.num_channels, win_h, win_w)
-                h = min(win_h, height - top)
-                for i, left in enumerate(lefts):
-                    w = min(win_w, width - left)
-                    raw = scene.read(top, left, h, w)[channels]
-                    batch[i, :, :h, :w] = normalisation(raw)  # beyond the scene: 0 = the mean colour
-                logits = model(batch.to(device), task=task["name"]).logits.float().cpu()
-                probabilities = torch.softmax(logits, dim=1).mul_(weights)
-                for i, left in enumerate(lefts):
-                    w = min(win_w, width - left)
-                    rows_in_band = slice(top - band_top, top - band_top + h)
-                    accumulator[:, rows_in_band, left : left + w] += probabilities[i, :, :h, :w].numpy()
-                bar.update(len(lefts))
-            # Rows above the next window row are final: emit them and slide the band down.
-            finished = rows[index + 1] if index + 1 < len(rows) else height
+        for index, batch_windows in enumerate(batches):
+            batch = torch.zeros(len(batch_windows), config.num_channels, win_h, win_w)
+            for i, (top, left) in enumerate(batch_windows):
+                h, w = min(win_h, height - top), min(win_w, width - left)
+                raw = scene.read(top, left, h, w)[channels]
+                batch[i, :, :h, :w] = normalisation(raw)  # beyond the scene: 0 = the mean colour
+            logits = model(batch.to(device), task=task["name"]).logits.float().cpu()
+            probabilities = torch.softmax(logits, dim=1).mul_(weights)
+            for i, (top, left) in enumerate(batch_windows):
+                h, w = min(win_h, height - top), min(win_w, width - left)
+                rows_in_band = slice(top - band_top, top - band_top + h)
+                accumulator[:, rows_in_band, left : left + w] += probabilities[i, :, :h, :w].numpy()
+            bar.update(len(batch_windows))
+            # Rows above the next window are final: emit them and slide the band down.
+            finished = batches[index + 1][0][0] if index + 1 < len(batches) else height
             count = finished - band_top
+            if count == 0:  # the batch ended inside a window row
+                continue
             labels = accumulator[:, :count].argmax(axis=0).astype(np.uint8)
             valid = scene.valid(band_top, 0, count, width)
             if valid is not None:
@@ -879,6 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing output files (an output that is an input is always refused)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-compile", "--torch_compile", action="store_true",
+                        help="compile the model's forward with torch.compile (minutes of compilation first; see "
+                             "benchmarks/bench_inference.py --compare-compile for its effect on your machine)")
     parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true",
                         help="load the model with its own code")
     parser.add_argument("--no-progress", "--no_progress", action="store_true")
@@ -948,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.torch_compile:
+        model = CompiledSegmenter(model)
     options = dict(processor=processor, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
                    bands=args.bands, rescale_factor=args.rescale_factor, progress=not args.no_progress,
                    alpha=args.alpha, overwrite=args.overwrite)
@@ -976,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "ArrayScene",
+    "CompiledSegmenter",
     "FolderResult",
     "Normalisation",
     "OutputError",

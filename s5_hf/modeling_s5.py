@@ -81,22 +81,47 @@ class S5SemanticSegmenterOutput(SemanticSegmenterOutput):
 class TaskRouting:
     """Which rows of a batch belong to which task: hard routing by dataset, no learned router.
 
-    `groups` lists `(task_index, rows)`; `rows` is `None` when the whole batch is one task, so the common
-    single-task case runs without any gather or scatter.
+    `groups` lists `(task_index, rows)` in task order; `rows` is `None` when the whole batch is one task, so the
+    common single-task case runs without any gather or scatter. `slices` lists `(task_index, slice)` in batch
+    order when every task's rows are contiguous (e.g. a batch sorted by task): then each task works on a view of
+    the batch, without copying its rows out and back (`None` otherwise).
     """
+
+    slices: list[tuple[int, slice]] | None = None  # class default, for subclasses that skip __init__
 
     def __init__(self, task_ids: torch.LongTensor):
         self.task_ids = task_ids
-        present = torch.unique(task_ids).tolist()
+        ids = task_ids.tolist()  # one host read of B integers (torch.unique also synchronises)
+        present = sorted(set(ids))
         if len(present) == 1:
             self.groups: list[tuple[int, torch.LongTensor | None]] = [(present[0], None)]
-        else:
-            self.groups = [(t, (task_ids == t).nonzero(as_tuple=True)[0]) for t in present]
+            return
+        self.groups = [(t, (task_ids == t).nonzero(as_tuple=True)[0]) for t in present]
+        runs, start = [], 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or ids[i] != ids[start]:
+                runs.append((ids[start], slice(start, i)))
+                start = i
+        self.slices = runs if len(runs) == len(present) else None
+
+    @classmethod
+    def whole_batch(cls, task: int, task_ids: torch.LongTensor | None = None) -> TaskRouting:
+        """Every row to `task`, built without reading the task ids on the host (which `torch.compile` and
+        `torch.export` cannot trace)."""
+        routing = cls.__new__(cls)
+        routing.task_ids, routing.groups = task_ids, [(task, None)]
+        return routing
+
+    @property
+    def single(self) -> bool:
+        return self.groups[0][1] is None
 
     def apply(self, fn: Callable[[int, torch.Tensor], torch.Tensor], inputs: torch.Tensor, out_features: int):
-        """Run `fn(task, inputs[rows])` per group and scatter the results back into one batch tensor."""
-        if self.groups[0][1] is None:
+        """Run `fn(task, inputs[rows])` per group and put the results back into one batch tensor."""
+        if self.single:
             return fn(self.groups[0][0], inputs)
+        if self.slices is not None:  # contiguous rows: views in, one concatenation out
+            return torch.cat([fn(task, inputs[rows]) for task, rows in self.slices], dim=0)
         output = inputs.new_zeros(inputs.shape[0], *inputs.shape[1:-1], out_features)
         for task, rows in self.groups:
             output = output.index_copy(0, rows, fn(task, inputs.index_select(0, rows)))
@@ -189,8 +214,9 @@ class S5Embeddings(nn.Module):
         grid = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False)
         return grid.to(self.position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        check_pixel_values(pixel_values, self.num_channels, self.patch_size)
+    def forward(self, pixel_values: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
+        if check:  # False only where the caller has just run the same check
+            check_pixel_values(pixel_values, self.num_channels, self.patch_size)
         embeddings = self.projection(pixel_values.to(self.projection.weight.dtype))
         grid = embeddings.shape[-2:]
         embeddings = embeddings.flatten(2).transpose(1, 2)
@@ -287,12 +313,20 @@ class S5MLP(nn.Module):
         )
 
     def forward(self, hidden_states: torch.Tensor, routing: TaskRouting) -> torch.Tensor:
+        if self.experts is not None and routing.slices is not None:
+            # Task by task on views of the batch: the (rows, tokens, intermediate) activations, the largest of the
+            # block, exist for one task at a time, as in one forward per task, and nothing is gathered.
+            return torch.cat([self._one_task(task, hidden_states[rows]) for task, rows in routing.slices], dim=0)
         hidden_states = self.act(self.fc1(hidden_states))
         shared = self.fc2(hidden_states)
         if self.experts is None:
             return shared
         expert = routing.apply(lambda task, rows: self.experts[task](rows), hidden_states, self.part_features)
         return torch.cat([shared, expert], dim=-1)
+
+    def _one_task(self, task: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.act(self.fc1(hidden_states))
+        return torch.cat([self.fc2(hidden_states), self.experts[task](hidden_states)], dim=-1)
 
 
 class S5Layer(GradientCheckpointingLayer):
@@ -526,6 +560,7 @@ class S5Model(S5PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        routing: TaskRouting | None = None,
         **kwargs,
     ) -> S5ModelOutput | tuple:
         r"""
@@ -534,6 +569,11 @@ class S5Model(S5PreTrainedModel):
         task (`str`, `list[str]` or `torch.LongTensor`, *optional*):
             The dataset each image belongs to: one name for the batch, one name per image, or task indices. It
             selects the FFN expert. Defaults to `config.default_task`.
+        routing (`TaskRouting`, *optional*):
+            For callers that have already checked `pixel_values` and resolved `task` (e.g.
+            `S5ForSemanticSegmentation`): used instead of `task`, and the input checks are not repeated.
+        skip_neck (`bool`, *optional*, keyword): internal; `feature_maps` are then the four stride-16 stages in
+            `config.out_indices` before the neck.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -543,11 +583,27 @@ class S5Model(S5PreTrainedModel):
         if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError("output_attentions=True needs attn_implementation='eager'.")
 
-        routing = TaskRouting(resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device))
-        embeddings, (grid_h, grid_w) = self.embeddings(pixel_values)
+        checked = routing is not None
+        if routing is None:
+            routing = TaskRouting(resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device))
+        inverse = None
+        if not routing.single and routing.slices is None:
+            # Run the blocks sorted by task (contiguous rows: the experts take views, not gathered copies of the
+            # FFN activations in every block) and put the kept stages back in the caller's order once.
+            order = torch.argsort(routing.task_ids, stable=True)
+            inverse = torch.argsort(order)
+            pixel_values = pixel_values.index_select(0, order)
+            routing = TaskRouting(routing.task_ids.index_select(0, order))
+        embeddings, (grid_h, grid_w) = self.embeddings(pixel_values, check=not checked)
         kept, hidden_states, attentions = self.encoder(
             embeddings, routing, set(self.config.out_indices), output_hidden_states, output_attentions
         )
+        if inverse is not None:
+            kept = {key: value.index_select(0, inverse) for key, value in kept.items()}
+            if hidden_states is not None:
+                hidden_states = tuple(h.index_select(0, inverse) for h in hidden_states)
+            if attentions is not None:
+                attentions = tuple(a.index_select(0, inverse) for a in attentions)
         batch = embeddings.shape[0]
         maps = [
             kept[i].transpose(1, 2).reshape(batch, -1, grid_h, grid_w) for i in self.config.out_indices
@@ -556,7 +612,8 @@ class S5Model(S5PreTrainedModel):
         output = S5ModelOutput(
             last_hidden_state=last,
             pooler_output=last.mean(dim=1),
-            feature_maps=self.neck(maps),
+            # `skip_neck`: the caller runs the neck itself, per task (its stride-4 maps dominate the memory).
+            feature_maps=tuple(maps) if kwargs.get("skip_neck") else self.neck(maps),
             hidden_states=hidden_states,
             attentions=attentions,
         )
@@ -682,55 +739,94 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
             if labels.ndim == 0 or labels.shape[0] != pixel_values.shape[0]:
                 count = labels.shape[0] if labels.ndim else 0
                 raise ValueError(f"Got {count} label maps for {pixel_values.shape[0]} images.")
+        # A mixed batch runs sorted by task, so that every task's rows are contiguous: the experts and decoders
+        # then work on views of the batch instead of gathered copies (index_select of the stride-4 neck maps
+        # alone was +0.5 GB at 8 images of 512 px). Only the input, the low-resolution logits and the small
+        # outputs are permuted; a batch whose tasks are already contiguous is not permuted at all.
+        order = None
+        if not routing.single and routing.slices is None:
+            order = torch.argsort(task_ids, stable=True)
+            run_routing = TaskRouting(task_ids.index_select(0, order))
+            run_pixels = pixel_values.index_select(0, order)
+        else:
+            run_routing, run_pixels = routing, pixel_values
         outputs = self.s5(
-            pixel_values,
-            task=task_ids,
+            run_pixels,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            routing=run_routing,
+            skip_neck=True,
         )
-        size = pixel_values.shape[-2:]
-        per_task = {}
-        for t, rows in routing.groups:
-            maps = outputs.feature_maps if rows is None else [f.index_select(0, rows) for f in outputs.feature_maps]
-            logits = self.classifiers[t](self.decoders[t](maps))
-            per_task[t] = F.interpolate(
-                logits, size=size, mode="bilinear", align_corners=self.config.logits_align_corners
-            )
-        logits = self._merge_logits(per_task, routing)
+        logits = self._logits(outputs.feature_maps, run_routing, order, pixel_values.shape[-2:])
+        pooler_output, hidden_states, attentions = outputs.pooler_output, outputs.hidden_states, outputs.attentions
+        if order is not None:  # back to the caller's order
+            inverse = torch.argsort(order)
+            pooler_output = pooler_output.index_select(0, inverse)
+            if hidden_states is not None:
+                hidden_states = tuple(h.index_select(0, inverse) for h in hidden_states)
+            if attentions is not None:
+                attentions = tuple(a.index_select(0, inverse) for a in attentions)
 
         loss, task_losses = None, None
         if labels is not None:
             task_losses = {}
             for t, rows in routing.groups:
                 spec = self.config.tasks[t]
-                task_labels = labels if rows is None else labels.index_select(0, rows)
-                task_losses[spec["name"]] = task_cross_entropy(
-                    per_task[t], task_labels, spec["ignore_index"], spec["name"]
-                )
+                classes = len(spec["id2label"])
+                if rows is None:
+                    task_logits, task_labels = logits, labels
+                elif routing.slices is not None:
+                    span = next(s for task, s in routing.slices if task == t)
+                    task_logits, task_labels = logits[span, :classes], labels[span]
+                else:
+                    task_logits, task_labels = logits.index_select(0, rows)[:, :classes], labels.index_select(0, rows)
+                task_losses[spec["name"]] = task_cross_entropy(task_logits, task_labels, spec["ignore_index"], spec["name"])
             loss = sum(task_losses.values())
 
         output = S5SemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            pooler_output=outputs.pooler_output,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            pooler_output=pooler_output,
             task_ids=task_ids,
             task_losses=task_losses,
         )
         return output if return_dict else output.to_tuple()
 
-    @staticmethod
-    def _merge_logits(per_task: dict[int, torch.Tensor], routing: TaskRouting) -> torch.Tensor:
-        if routing.groups[0][1] is None:
-            return per_task[routing.groups[0][0]]
-        first = next(iter(per_task.values()))
-        classes = max(t.shape[1] for t in per_task.values())
-        merged = first.new_full((routing.task_ids.shape[0], classes, *first.shape[2:]), torch.finfo(first.dtype).min)
-        for t, rows in routing.groups:
-            merged[rows, : per_task[t].shape[1]] = per_task[t]
-        return merged
+    def _logits(self, feature_maps, routing: TaskRouting, order: torch.Tensor | None, size) -> torch.Tensor:
+        """Every row's neck, decoder and classifier, upsampled to the input size, in the caller's row order.
+
+        `feature_maps` are the stride-16 stages before the neck; `routing` describes their (possibly task-sorted)
+        rows; `order` is the sort (None: none). The neck runs per task like the decoders (it treats every image on
+        its own), so its stride-4 maps, the largest tensors of the forward, exist for one task at a time, as in
+        one forward per task.
+        A mixed batch is merged at the decoder's resolution (stride 4) and upsampled once, into the output
+        itself: no per-task full-resolution copy. Bilinear upsampling treats every channel on its own, so the
+        real channels are exactly those of a per-task upsampling; padded channels are set to the dtype's
+        minimum afterwards (argmax and softmax ignore them)."""
+        def upsample(low: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(low, size=size, mode="bilinear", align_corners=self.config.logits_align_corners)
+
+        if routing.single:
+            t = routing.groups[0][0]
+            return upsample(self.classifiers[t](self.decoders[t](self.s5.neck(feature_maps))))
+        low = [(t, self.classifiers[t](self.decoders[t](self.s5.neck([f[rows] for f in feature_maps]))))
+               for t, rows in routing.slices]
+        classes = max(part.shape[1] for _, part in low)
+        merged = torch.cat([F.pad(part, (0, 0, 0, 0, 0, classes - part.shape[1])) for _, part in low], dim=0)
+        if order is not None:
+            merged = merged.index_select(0, torch.argsort(order))
+        logits = upsample(merged)
+        padded = torch.tensor([len(spec["id2label"]) < classes for spec in self.config.tasks], device=logits.device)
+        if bool(padded.any()):
+            counts = torch.tensor([len(spec["id2label"]) for spec in self.config.tasks], device=logits.device)
+            channel = torch.arange(classes, device=logits.device)
+            task_ids = routing.task_ids if order is None else routing.task_ids.index_select(0, torch.argsort(order))
+            mask = channel[None, :] >= counts[task_ids][:, None]  # (batch, classes): channels beyond the task's
+            logits = logits.masked_fill_(mask[:, :, None, None], torch.finfo(logits.dtype).min)
+        return logits
 
     # ---- conversions between single-task and multi-task models ------------------------------------------------
     @classmethod

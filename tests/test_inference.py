@@ -411,3 +411,80 @@ def test_cli_list_tasks_needs_no_input_and_flags_have_snake_case_aliases(model_d
     Image.fromarray(rgb(64, 64, seed=21)).save(source)
     assert main([str(source), str(tmp_path / "m.png"), "--model", str(model_dir), "--batch_size", "2",
                  "--no_progress", "--window", "64", "--rescale_factor", "1/255"]) == 0
+
+
+class RecordingModel(torch.nn.Module):
+    """Passes every call to `model` and keeps each window's logits, in the order the predictor sent them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.windows, self.batches = model, model.config, [], []
+        self.train(model.training)  # the predictor restores the wrapper's mode, and with it the model's
+
+    def forward(self, pixel_values, task=None):
+        output = self.model(pixel_values, task=task)
+        self.batches.append(pixel_values.shape[0])
+        self.windows.extend(output.logits.float())
+        return output
+
+
+def test_batched_windows_equal_one_window_at_a_time(model):
+    """Batching windows (also across window rows) changes neither the windows' logits nor the labels."""
+    pixels = rgb(200, 150, seed=5)  # 4 window rows x 3 windows of 64 px at overlap 0.25
+    runs = {}
+    for batch_size in (1, 2, 5, 64):
+        recorder = RecordingModel(model)
+        strips = list(iter_label_strips(recorder, open_scene(pixels), "potsdam",
+                                        sliding=SlidingWindow(64, 0.25, batch_size)))
+        tops = [top for top, _ in strips]
+        ends = [top + len(block) for top, block in strips]
+        assert tops[0] == 0 and ends == tops[1:] + [200]  # every row exactly once, in order
+        runs[batch_size] = (np.concatenate([block for _, block in strips]), torch.stack(recorder.windows))
+        assert recorder.batches == [min(batch_size, 12 - i) for i in range(0, 12, batch_size)]  # full batches
+    labels, logits = runs[1]
+    assert logits.shape[0] == 12
+    # The backbone is bit-identical; oneDNN may pick another convolution kernel for the decoder at another batch
+    # size, so the logits agree to float rounding: within 1e-6 of their magnitude (this fixture's reach ~170).
+    scale = float(logits.abs().max())
+    for batch_size in (2, 5, 64):
+        torch.testing.assert_close(runs[batch_size][1], logits, atol=1e-6 * scale, rtol=0)
+        np.testing.assert_array_equal(runs[batch_size][0], labels)
+
+
+def test_compiled_forward_agrees_with_eager_and_has_no_graph_break(model):
+    """`--torch-compile`: the captured graph (fullgraph=True: no graph break, no fallback to Python) computes the
+    eager logits. The aot_eager backend checks the capture in seconds; inductor's code generation (the default
+    backend, which the CLI uses) takes about two minutes of C++ compilation even for this tiny model on 2 cores,
+    so its effect is measured in benchmarks/bench_inference.py --compare-compile instead."""
+    from s5_hf.inference import CompiledSegmenter
+
+    compiled = CompiledSegmenter(model, backend="aot_eager", fullgraph=True)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for task in TASKS:
+            eager = model(pixels, task=task).logits
+            # Decomposed ops round differently: within 1e-6 of the logits' magnitude (this fixture's reach ~170).
+            torch.testing.assert_close(compiled(pixels, task=task).logits, eager,
+                                       atol=1e-6 * float(eager.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="NaN/Inf"):  # the input checks still run (eagerly, before the graph)
+        compiled(torch.full((1, 3, 64, 64), float("nan")), task="loveda")
+    labels = segment_scene(compiled, rgb(100, 90, seed=2), "potsdam", window=64, batch_size=2)
+    np.testing.assert_array_equal(labels, segment_scene(model, rgb(100, 90, seed=2), "potsdam", window=64,
+                                                        batch_size=2))
+
+
+def test_cli_torch_compile_flag_wraps_the_model(model_dir, tmp_path, monkeypatch):
+    import s5_hf.inference as inference
+
+    wrapped = []
+
+    def recording(model, **options):  # what compiles is tested above; here: the flag wraps the loaded model
+        wrapped.append(model)
+        return model
+
+    monkeypatch.setattr(inference, "CompiledSegmenter", recording)
+    source = tmp_path / "scene.png"
+    Image.fromarray(rgb(64, 80)).save(source)
+    assert main([str(source), str(tmp_path / "m.png"), "--model", str(model_dir), "--torch_compile",
+                 "--no-progress"]) == 0
+    assert len(wrapped) == 1 and (tmp_path / "m.png").exists()
