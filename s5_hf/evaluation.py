@@ -111,15 +111,15 @@ class TaskResult:
 
 @torch.no_grad()
 def predict_labels(model, image: Image.Image, task: str, protocol: EvalProtocol, crop_size: int,
-                   processor: S5ImageProcessor) -> np.ndarray:
-    """(H, W) int64 class ids for one image, at the image's own size."""
+                   processor: S5ImageProcessor, batch_size: int = 1) -> np.ndarray:
+    """(H, W) int64 class ids for one image, at the image's own size (`batch_size` sliding windows per forward)."""
     scorer = FlipAveraged(model) if protocol.flip else model
     rgb = np.asarray(image.convert("RGB"))
     if protocol.mode == "slide":
         scene = ArrayScene(rgb)
         labels = np.empty(rgb.shape[:2], dtype=np.int64)
         for top, strip in iter_label_strips(scorer, scene, task, processor=processor,
-                                            sliding=SlidingWindow(crop_size, 0.25, 1)):
+                                            sliding=SlidingWindow(crop_size, 0.25, batch_size)):
             labels[top : top + len(strip)] = strip
         return labels
     if protocol.mode == "resize":
@@ -142,6 +142,7 @@ def evaluate_task(
     accelerator=None,
     processor: S5ImageProcessor | None = None,
     max_samples: int | None = None,
+    batch_size: int = 1,
 ) -> TaskResult:
     """Score `model`'s head `task` on `rows` (``image`` and ``mask`` columns: this process's part of the split).
 
@@ -162,7 +163,7 @@ def evaluate_task(
             if row.get("mask") is None:
                 raise ValueError(f"{task}: sample {row.get('id')!r} has no mask; evaluate a labelled split.")
             target = np.asarray(row["mask"], dtype=np.int64)
-            pred = predict_labels(model, row["image"], task, protocol, crop_size, processor)
+            pred = predict_labels(model, row["image"], task, protocol, crop_size, processor, batch_size)
             if pred.shape != target.shape:
                 raise ValueError(f"{task}: sample {row.get('id')!r}: image {pred.shape} and mask {target.shape} differ.")
             confusion.update(pred, target)
@@ -178,7 +179,7 @@ def evaluate_task(
 
 def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str, str], *, crop_size: int,
                      accelerator=None, max_samples: int | None = None,
-                     reader_options: Mapping[str, Mapping] | None = None) -> dict[str, TaskResult]:
+                     reader_options: Mapping[str, Mapping] | None = None, batch_size: int = 1) -> dict[str, TaskResult]:
     """`evaluate_task` for every `{task: DataSource}` on `split` (one name, or one per task), each process scoring
     its own part."""
     from .data.streams import process_part
@@ -191,7 +192,7 @@ def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str
         rows = process_part(source.load(task_split, **(reader_options or {}).get(task, {})), rank, world)
         # Each process caps its own part, so the cap is per process.
         result = evaluate_task(unwrapped, rows, task, crop_size=crop_size, accelerator=accelerator,
-                               max_samples=max_samples)
+                               max_samples=max_samples, batch_size=batch_size)
         result.split = task_split
         results[task] = result
     return results

@@ -49,6 +49,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from . import files
 from .image_processing_s5 import S5ImageProcessor
 from .label_sets import VOID_ID
 from .visualize import blend_rows, legend, task_palette
@@ -509,7 +510,9 @@ class RowWriter:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows} of {self.height} rows were written.")
         self._finish()
+        files.fsync_file(self.tmp)  # on disk before the rename makes it visible (a crash never leaves a torn mask)
         os.replace(self.tmp, self.path)
+        files.fsync_directory(self.path.parent)
         return self.path
 
     def abort(self) -> None:

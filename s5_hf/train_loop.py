@@ -89,6 +89,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per stream.")
     group.add_argument("--shuffle_buffer", type=int, default=1000)
     group.add_argument("--eval_steps", type=int, default=eval_steps, help="Validate every N steps (0: only at the end).")
+    group.add_argument("--eval_batch_size", type=int, default=1,
+                       help="Sliding windows per forward in evaluation. Batching helps GPUs; on CPU a 512 px ViT-B "
+                            "window is already a full GEMM load (batch 4 measured 0.97x the speed of batch 1).")
     group.add_argument("--max_eval_samples", type=int, default=None,
                        help="Cap the validation and test images per dataset and process (recorded with the results).")
     group.add_argument("--checkpointing_steps", type=int, default=None,

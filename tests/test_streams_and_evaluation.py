@@ -91,6 +91,17 @@ def test_predictions_come_back_at_the_label_size(model, mode):
     assert labels.shape == (40, 56) and labels.max() < 7
 
 
+def test_batched_sliding_windows_give_the_same_labels(model):
+    """--eval_batch_size: windows batched per forward give the labels of one window at a time (ISPRS protocol,
+    sliding windows with flip averaging)."""
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (72, 88, 3), dtype=np.uint8))
+    one = predict_labels(model, image, "potsdam", protocol_for("potsdam"), 32, S5ImageProcessor(), batch_size=1)
+    for batch_size in (3, 16):
+        batched = predict_labels(model, image, "potsdam", protocol_for("potsdam"), 32, S5ImageProcessor(),
+                                 batch_size=batch_size)
+        assert np.array_equal(batched, one), batch_size
+
+
 def test_evaluate_task_scores_against_the_masks_and_refuses_mismatches(model):
     rng = np.random.default_rng(1)
     image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))

@@ -325,11 +325,13 @@ def main(argv=None) -> dict:
 
     def evaluate():
         return evaluate_sources(model, validation, args.validation_splits, crop_size=crop, accelerator=accelerator,
-                                max_samples=args.max_eval_samples, reader_options=args.reader_options)
+                                max_samples=args.max_eval_samples, reader_options=args.reader_options,
+                                batch_size=args.eval_batch_size)
 
     def test():
         return evaluate_sources(model, test_sources, args.test_splits, crop_size=crop, accelerator=accelerator,
-                                max_samples=args.max_eval_samples, reader_options=args.reader_options)
+                                max_samples=args.max_eval_samples, reader_options=args.reader_options,
+                                batch_size=args.eval_batch_size)
 
     def selection(results) -> float:
         chosen = [r for name, r in results.items() if name in SELECTION_TASKS] or list(results.values())

@@ -128,12 +128,13 @@ def main(argv=None) -> dict:
 
     def evaluate():
         return evaluate_sources(model, validation, args.validation_split, crop_size=crop, accelerator=accelerator,
-                                max_samples=args.max_eval_samples,
+                                max_samples=args.max_eval_samples, batch_size=args.eval_batch_size,
                                 reader_options={task["name"]: args.labeled_options})
 
     def test():
         return evaluate_sources(model, tested, args.test_split, crop_size=crop, accelerator=accelerator,
-                                max_samples=args.max_eval_samples, reader_options={task["name"]: args.labeled_options})
+                                max_samples=args.max_eval_samples, batch_size=args.eval_batch_size,
+                                reader_options={task["name"]: args.labeled_options})
 
     def selection(results) -> float:
         return results[task["name"]].scores.mean_iou if results else 0.0
