@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .configuration_s5 import PRESETS, S5Config
-from .files import foreign_entries, staged_directory, write_json, write_manifest
+from .files import foreign_entries, sha256_file, staged_directory, write_json, write_manifest
 from .image_processing_s5 import S5ImageProcessor
 from .label_sets import MDF_TASKS, get_label_set
 from .modeling_s5 import S5ForSemanticSegmentation
@@ -394,12 +394,6 @@ def read_conversion_record(folder: str | os.PathLike) -> dict | None:
     return record
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_official_checkpoint(
@@ -435,7 +429,7 @@ def convert_official_checkpoint(
         S5ImageProcessor().save_pretrained(staging)
         record = {
             "source": source or {"file": checkpoint.name},
-            "source_sha256": _file_sha256(checkpoint),
+            "source_sha256": sha256_file(checkpoint),
             "weights_sha256": weights_sha256(staging),
             "tasks": config.task_names,
         }

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -382,12 +381,6 @@ def save_model_folder(accelerator: Accelerator, model: torch.nn.Module, folder: 
     accelerator.wait_for_everyone()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checkpoint_files(folder: Path) -> list[str]:
@@ -397,7 +390,8 @@ def _checkpoint_files(folder: Path) -> list[str]:
 
 def write_integrity_record(folder: Path) -> None:
     """sha256 of every file of a checkpoint folder, written last (and atomically) as `integrity.json`."""
-    record = {"algorithm": "sha256", "files": {name: _sha256(folder / name) for name in _checkpoint_files(folder)}}
+    record = {"algorithm": "sha256",
+              "files": {name: files.sha256_file(folder / name) for name in _checkpoint_files(folder)}}
     files.write_json(folder / INTEGRITY_NAME, record, indent=1)
 
 
@@ -414,7 +408,8 @@ def verify_checkpoint(folder: Path) -> None:
     present = _checkpoint_files(folder)
     problems = [f"missing {name}" for name in sorted(set(recorded) - set(present))]
     problems += [f"extra {name}" for name in present if name not in recorded]
-    problems += [f"changed {name}" for name in present if name in recorded and _sha256(folder / name) != recorded[name]]
+    problems += [f"changed {name}" for name in present
+                 if name in recorded and files.sha256_file(folder / name) != recorded[name]]
     if problems:
         raise ValueError(f"Checkpoint {folder} fails its integrity check ({'; '.join(problems[:10])}): it was "
                          "damaged or edited after it was written; refusing to resume from it.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from safetensors.torch import load_file
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf import convert_official
 from s5_hf.convert_official import (
-    CONVERSION_RECORD,
     ConversionError,
     _official_name,
     _rename,
