@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5Config, S5ForSemanticSegmentation, files
 from s5_hf.detection import make_fake_dior_r, make_fake_dota
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 
@@ -85,7 +85,67 @@ def test_bad_arguments_are_named(roots, tmp_path):
     script = load_script()
     with pytest.raises(SystemExit):
         script.parse_args(argv(roots, tmp_path, "--per_dataset_batch", "0"))
+    with pytest.raises(SystemExit):
+        script.parse_args(argv(roots, tmp_path, "--push_to_hub", "--hub_model_id", "not a/repo/id"))
     bad = argv(roots, tmp_path)
     bad[bad.index("--config_overrides") + 1] = "{not json"
     with pytest.raises(SystemExit):
         script.parse_args(bad)
+
+
+def test_run_folder_rules(roots, tmp_path):
+    """One run per output folder, as segmentation: another run's folder and foreign files are refused."""
+    script = load_script()
+    out = tmp_path / "run"
+    script.main(argv(roots, out, "--max_steps", "1", "--checkpointing_steps", "1"))
+    manifest = json.loads((out / files.MANIFEST_NAME).read_text())
+    assert {"model", "metrics.jsonl", "checkpoint-000001"} <= set(manifest["entries"])
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        script.main(argv(roots, out, "--max_steps", "1"))
+    (out / "notes.txt").write_text("mine")  # not written by the run: --overwrite_output_dir must leave it
+    first = manifest["run_id"]
+    assert script.main(argv(roots, out, "--max_steps", "1", "--overwrite_output_dir"))["run_id"] != first
+    assert (out / "notes.txt").read_text() == "mine"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        script.main(argv(roots, foreign, "--max_steps", "1"))
+    assert sorted(p.name for p in foreign.iterdir()) == ["data.csv"]
+
+
+def test_damaged_checkpoint_is_refused(roots, tmp_path):
+    script = load_script()
+    out = tmp_path / "run"
+    script.main(argv(roots, out, "--max_steps", "1", "--checkpointing_steps", "1"))
+    checkpoint = out / "checkpoint-000001"
+    assert (checkpoint / "integrity.json").is_file()
+    weights = next(checkpoint.glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ValueError, match="integrity check"):
+        script.main(argv(roots, out, "--resume_from_checkpoint", "latest"))
+
+
+def test_push_to_hub_card_carries_the_runs_map(roots, tmp_path, hub):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForObjectDetection
+
+    script = load_script()
+    # A 2-step tiny run scores 0.0, which a card could show without reading the run: the evaluation is wrapped so
+    # that the run measures a distinctive value (the real evaluation still runs).
+    evaluate = script.evaluate_dior
+    script.evaluate_dior = lambda *a: evaluate(*a) + 0.4321
+    out = tmp_path / "run"
+    result = script.main(argv(roots, out, "--max_steps", "2", "--push_to_hub", "--hub_model_id", "someone/s5-det-tiny"))
+    assert result["commit_url"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    measured = [r["dior_test_map"] for r in logged if r.get("dior_test_map") is not None][-1]
+    assert measured >= 0.4321
+    card = ModelCard.load("someone/s5-det-tiny")
+    (entry,) = card.data.eval_results
+    assert (entry.task_type, entry.metric_type, entry.dataset_name) == ("object-detection", "map", "DIOR-R")
+    assert entry.metric_value == round(100 * measured, 2)
+    model = AutoModelForObjectDetection.from_pretrained("someone/s5-det-tiny", trust_remote_code=True)
+    local = S5ForOrientedDetection.from_pretrained(out / "model")
+    a, b = model.state_dict(), local.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

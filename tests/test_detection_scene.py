@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from s5_hf.configuration_s5_detection import S5DetectionConfig
-from s5_hf.detection.scene import detect_scene, main, to_geojson
+from s5_hf.detection.geopackage import read_geopackage_polygons
+from s5_hf.detection.scene import detect_scene, main, to_geojson, write_detections
 from s5_hf.detection.synthetic import synthetic_scene
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 from s5_hf.obb_geometry import obb_to_corners
@@ -96,4 +97,41 @@ def test_cli_on_a_geotiff(model, tmp_path):
     with pytest.raises(SystemExit):
         main([str(path), str(out), "--model", str(tmp_path / "model")])  # exists, no --overwrite
     with pytest.raises(SystemExit):
-        main([str(path), str(tmp_path / "boxes.gpkg"), "--model", str(tmp_path / "model")])
+        main([str(path), str(tmp_path / "boxes.shp"), "--model", str(tmp_path / "model")])
+    assert not (tmp_path / "boxes.shp").exists()
+
+    # The same run as a GeoPackage: read back by GDAL (pyogrio) and by plain sqlite3, it holds the GeoJSON's
+    # polygons, classes and scores, in the scene's CRS.
+    gpkg = tmp_path / "boxes.gpkg"
+    assert main([str(path), str(gpkg), "--model", str(tmp_path / "model"), "--task", "dota", "--tile", "64", "--overlap", "32"]) == 0
+    rings = [np.array(f["geometry"]["coordinates"][0]) for f in gj["features"]]
+    props = [f["properties"] for f in gj["features"]]
+    back = read_geopackage_polygons(gpkg)
+    assert back["srs"][1:4] == (32633, "EPSG", 32633) and "UTM zone 33N" in back["srs"][4]
+    assert back["labels"] == [p["label"] for p in props] and back["classes"] == [p["class"] for p in props]
+    assert np.allclose(back["scores"], [p["score"] for p in props])
+    assert all(np.allclose(a, b) for a, b in zip(back["rings"], rings)) and len(back["rings"]) == len(rings)
+    pyogrio = pytest.importorskip("pyogrio")
+    info = pyogrio.read_info(gpkg)
+    assert info["crs"] == "EPSG:32633" and info["geometry_type"] == "Polygon" and info["features"] == len(rings)
+    meta, _, geometry, fields = pyogrio.raw.read(gpkg)
+    assert list(meta["fields"]) == ["label", "class", "score"]
+    assert list(fields[1]) == [p["class"] for p in props] and np.allclose(fields[2], [p["score"] for p in props])
+    import shapely
+
+    polygons = shapely.from_wkb(geometry)
+    assert all(np.allclose(shapely.get_coordinates(g), r) for g, r in zip(polygons, rings))
+
+
+def test_geopackage_without_crs_or_detections(tmp_path):
+    det = {"boxes": np.array([[10.0, 20.0, 8.0, 4.0, 0.5]]), "scores": np.array([0.25]), "labels": np.array([0])}
+    write_detections(tmp_path / "pixels.gpkg", det, ["plane"])
+    back = read_geopackage_polygons(tmp_path / "pixels.gpkg")
+    assert back["srs"][1] == -1 and back["classes"] == ["plane"] and back["scores"] == [0.25]
+    assert np.allclose(back["rings"][0][:4], obb_to_corners(torch.tensor(det["boxes"][0])).numpy())
+    empty = {"boxes": np.zeros((0, 5)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+    write_detections(tmp_path / "empty.gpkg", empty, ["plane"])
+    assert read_geopackage_polygons(tmp_path / "empty.gpkg")["rings"] == []
+    with pytest.raises(ValueError, match=".shp"):
+        write_detections(tmp_path / "x.shp", det, ["plane"])
+    assert not (tmp_path / "x.shp").exists()

@@ -13,12 +13,17 @@ and 11 of 12 (an epoch = the longer dataset once), mixed precision from `acceler
 --image_size on the long side (DIOR-R 800 -> 1024), padded to a square, flipped horizontally and vertically
 (p = 0.5 each); DOTA-v2 training patches are 1024 px with 200 px overlap, empty ones dropped.
 Evaluation: the DIOR-R test mAP (VOC07 11-point, IoU 0.5) after every epoch, written to `metrics.jsonl`.
-Checkpoints (`checkpoint-<step>`, every --checkpointing_steps, the last --keep_checkpoints kept) hold the
-accelerate state; `--resume_from_checkpoint` continues from one (data order is a function of seed and step, so a
-resumed run draws the same batches). The final model and image processor go to `<output_dir>/model`.
+The output folder behaves as segmentation's (`s5_hf.train_loop`): one run per folder (`RunFolder`: a manifest
+of what the run wrote; a folder of another run or program is refused, `--overwrite_output_dir` deletes only what
+the earlier run wrote), metrics appended to `metrics.jsonl` (`MetricsLog`, no NaN), checkpoints
+(`checkpoint-<step>`, every --checkpointing_steps, the last --keep_checkpoints kept) holding the accelerate state
+with a sha256 integrity record that is verified before resuming (`--resume_from_checkpoint <folder>|latest`; data
+order is a function of seed and step, so a resumed run draws the same batches). The final model and image
+processor go to `<output_dir>/model`; `--push_to_hub` publishes them (`--hub_model_id`) with a card carrying the
+DIOR-R test mAP this run measured.
 
-Not implemented yet (see the issue): Parquet shard inputs, Hub push, model cards, DOTA-v2 test-server export
-during training (use `s5_hf.detection.merge_patch_detections` / `write_dota_submission` on predictions).
+Not implemented yet (see the issue): Parquet shard inputs, DOTA-v2 test-server export during training (use
+`s5_hf.detection.merge_patch_detections` / `write_dota_submission` on predictions).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 
@@ -36,6 +40,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from s5_hf import files
+from s5_hf.train_loop import MetricsLog, RunFolder, list_checkpoints, resolve_checkpoint, verify_checkpoint, \
+    write_integrity_record
 from s5_hf.configuration_s5_detection import DIOR_R_CLASSES, DOTA_V2_CLASSES, S5DetectionConfig
 from s5_hf.detection import read_dior_r, read_dota, rotated_voc_map
 from s5_hf.image_processing_s5_detection import S5DetectionImageProcessor
@@ -44,14 +50,19 @@ from s5_hf.obb_geometry import regularize_obb
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale (spec 6.2)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dior_root", required=True, help="DIOR-R folder (ImageSets/Main, JPEGImages-*, Annotations).")
     p.add_argument("--dota_root", required=True, help="DOTA-v2 folder with train/{images,labelTxt}.")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, help="An empty or new folder, or this run's own with "
+                   "--resume_from_checkpoint / --overwrite_output_dir.")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Delete what an earlier run wrote into --output_dir (only that) and start afresh.")
+    p.add_argument("--push_to_hub", action="store_true", help="Publish the final model with a card of this run's mAP.")
+    p.add_argument("--hub_model_id", help="Repo id to push to (default: the output folder's name).")
+    p.add_argument("--hub_private", action="store_true")
     p.add_argument("--model_name_or_path", help="Single-task S5 model (S4P) to start the backbone from.")
     p.add_argument("--preset", default="vit-b", help="Backbone preset when starting from scratch.")
     p.add_argument("--config_overrides", default="{}", help="JSON of S5DetectionConfig fields (tests, ablations).")
@@ -71,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=0, help="Stop after this many steps (0: the whole schedule).")
     p.add_argument("--checkpointing_steps", type=int, default=1000)
     p.add_argument("--keep_checkpoints", type=int, default=2)
-    p.add_argument("--resume_from_checkpoint")
+    p.add_argument("--resume_from_checkpoint", help="A checkpoint folder, or 'latest' for the newest one in "
+                   "--output_dir. Resuming unpickles accelerate's state files: use only checkpoints you trust.")
     p.add_argument("--max_eval_samples", type=int, default=0)
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
@@ -79,6 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.per_dataset_batch < 1:
         p.error(f"--per_dataset_batch must be at least 1, got {args.per_dataset_batch}")
+    if args.push_to_hub and args.hub_model_id:
+        from s5_hf.hub import PublishError, check_repo_id
+
+        try:  # found before training, not after hours of it
+            check_repo_id(args.hub_model_id)
+        except (PublishError, ValueError) as error:
+            p.error(f"--hub_model_id: {error}")
     try:
         args.config_overrides = json.loads(args.config_overrides)
     except json.JSONDecodeError as error:
@@ -181,7 +200,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    run = RunFolder.open(accelerator, args)  # refuses a folder of another run before anything is read or written
     torch.manual_seed(args.seed)
     data = {
         "dior": list(read_dior_r(args.dior_root, "trainval", DIOR_R_CLASSES[: args.dior_classes])),
@@ -204,11 +223,15 @@ def main(argv=None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args, steps_per_epoch))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = 0
-    if args.resume_from_checkpoint:
-        accelerator.load_state(args.resume_from_checkpoint)
-        start = json.loads((Path(args.resume_from_checkpoint) / "trainer_state.json").read_text())["step"]
+    log = MetricsLog(accelerator, output, run)
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output)
+    if checkpoint is not None:
+        verify_checkpoint(checkpoint)  # a damaged or edited checkpoint is refused before anything is unpickled
+        accelerator.load_state(str(checkpoint))
+        start = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        log.truncate(start)  # records of steps after the checkpoint belong to the abandoned trajectory
     model.train()
-    history = []
+    history = log.records()
     for step in range(start, total):
         pixels, targets, tasks = sample_batch(data, step * accelerator.num_processes + accelerator.process_index, args)
         targets = [{k: v.to(accelerator.device) for k, v in t.items()} for t in targets]
@@ -225,23 +248,72 @@ def main(argv=None) -> dict:
         if done % steps_per_epoch == 0 or done == total:
             record["dior_test_map"] = evaluate_dior(model, test_rows, args, accelerator)
         history.append(record)
-        if accelerator.is_main_process:
-            files.append_line(output / "metrics.jsonl", json.dumps(record))
+        log.log(done, {k: v for k, v in record.items() if k != "step"})
         if done % args.checkpointing_steps == 0 or done == total:
-            final = output / f"checkpoint-{done:06d}"
-            staging = output / f".{final.name}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(staging))
-            if accelerator.is_main_process:
-                files.write_json(staging / "trainer_state.json", {"step": done})
-                files.replace_directory(staging, final)
-                found = sorted(p for p in output.iterdir() if CHECKPOINT.match(p.name))
-                for old in found[: max(len(found) - args.keep_checkpoints, 0)]:
-                    shutil.rmtree(old)
-            accelerator.wait_for_everyone()
+            save_checkpoint(accelerator, output, done, args.keep_checkpoints, run)
+    run.claim("model")
     save_model(accelerator, model, output / "model", args)
-    return {"steps": total, "history": history}
+    run.claim()  # lists the model's files in the manifest
+    result = {"steps": total, "history": history, "run_id": run.run_id}
+    if args.push_to_hub:
+        result["commit_url"] = push(accelerator, args, history, run, len(test_rows))
+    return result
+
+
+def save_checkpoint(accelerator, output: Path, step: int, keep: int, run: RunFolder) -> Path:
+    """`checkpoint-<step>`: accelerate state staged in a hidden folder, the integrity record written last, swapped
+    in atomically; then this run's older checkpoints beyond `keep` and any of a later step (the trajectory a
+    resumed run abandoned) are deleted, through the run's manifest only."""
+    final = output / f"checkpoint-{step:06d}"
+    staging = output / f".{final.name}.partial"
+    if accelerator.is_main_process:
+        run.claim(final.name)
+        if staging.exists():
+            shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files.write_json(staging / "trainer_state.json", {"step": step})
+        write_integrity_record(staging)
+        files.replace_directory(staging, final)
+        run.claim()
+        found = [(int(p.name.split("-")[1]), p) for p in list_checkpoints(output)]
+        earlier = [p for s, p in found if s < step]
+        stale = [p for s, p in found if s > step] + earlier[: max(len(earlier) - (keep - 1), 0)]
+        for old in stale:
+            run.remove(old.name)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def push(accelerator, args, history: list[dict], run: RunFolder, num_test: int) -> str | None:
+    """Publish `<output_dir>/model` with a card carrying the last DIOR-R test mAP this run measured."""
+    from s5_hf.detection.publish import (PublishError, build_detection_card, detection_eval_result,
+                                         publish_detection_model)
+
+    url = None
+    if accelerator.is_main_process:
+        folder = Path(args.output_dir) / "model"
+        repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
+        measured = [r for r in history if r.get("dior_test_map") is not None]
+        if not measured:
+            raise PublishError("This run measured no DIOR-R test mAP: there is no result for the model card.")
+        last = measured[-1]
+        scope = f"DIOR-R test split, {num_test} images, step {last['step']}"
+        if args.max_eval_samples:
+            scope += ", capped by --max_eval_samples (not the whole split)"
+        result = detection_eval_result("dior", last["dior_test_map"], repo_id, scope)
+        config = S5ForOrientedDetection.config_class.from_pretrained(folder)
+        summary = (f"Fine-tuned on DIOR-R and DOTA-v2 together by `training/finetune_detection.py` for "
+                   f"{last['step']} steps; DIOR-R mAP (VOC07 11-point, rotated IoU 0.5) measured by this run on the "
+                   f"{scope}.")
+        card = build_detection_card(config, repo_id, [result], summary)
+        card.save(folder / "README.md")
+        run.claim()
+        url = publish_detection_model(folder, repo_id, card, private=args.hub_private)
+    accelerator.wait_for_everyone()
+    return url
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Large-scene oriented detection: tiles with overlap, patch detections merged with rotated NMS, GeoJSON output.
+"""Large-scene oriented detection: tiles with overlap, patch detections merged with rotated NMS, GeoJSON or
+GeoPackage output.
 
     python -m s5_hf.detection.scene scene.tif boxes.geojson --model path/or/hub-id --task dior
 
@@ -9,7 +10,8 @@ shifted back to scene pixels and merged per class with rotated NMS (IoU 0.1 by d
 NMS). The GeoJSON holds one polygon (the 4 corners, closed) per detection with `label`, `class` and `score`; for a
 georeferenced scene (GeoTIFF read with rasterio) the corners go through the scene's affine transform and the file
 names the scene's CRS (`crs` member, EPSG code when there is one, as GDAL reads it); otherwise coordinates are
-pixels (x right, y down). GeoPackage output is not implemented.
+pixels (x right, y down). An output named `*.gpkg` is a GeoPackage instead
+(`s5_hf.detection.geopackage`: one polygon layer `detections` with the same fields, srs_id = the EPSG code).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..files import write_text
 from ..inference import open_scene
 from ..obb_geometry import obb_to_corners
 from .dota import merge_patch_detections
+from .geopackage import write_geopackage
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)[:, None, None]
 STD = np.array([58.395, 57.12, 57.375], np.float32)[:, None, None]
@@ -67,16 +70,25 @@ def detect_scene(model, source, task: str | None = None, tile: int = 1024, overl
     return merge_patch_detections(patches, nms_iou)["scene"]
 
 
-def to_geojson(detections: dict, class_names: Sequence[str], transform=None, crs=None) -> dict:
-    """A GeoJSON FeatureCollection of the detections' polygons (see the module docstring)."""
+def scene_rings(detections: dict, transform=None) -> list[np.ndarray]:
+    """The detections' polygons as closed rings (5, 2): the 4 corners through the scene's affine transform (or in
+    pixels without one), the first repeated."""
     corners = obb_to_corners(torch.as_tensor(np.asarray(detections["boxes"]), dtype=torch.float64).reshape(-1, 5)).numpy()
-    features = []
-    for points, score, label in zip(corners, np.asarray(detections["scores"]), np.asarray(detections["labels"])):
+    rings = []
+    for points in corners:
         if transform is not None:  # affine: x = a col + b row + c, y = d col + e row + f (pixel corners at integers)
             a, b, c, d, e, f = (transform.a, transform.b, transform.c, transform.d, transform.e, transform.f)
             points = np.stack([a * points[:, 0] + b * points[:, 1] + c, d * points[:, 0] + e * points[:, 1] + f], 1)
-        ring = [[float(x), float(y)] for x, y in points] + [[float(points[0, 0]), float(points[0, 1])]]
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+        rings.append(np.concatenate([points, points[:1]]))
+    return rings
+
+
+def to_geojson(detections: dict, class_names: Sequence[str], transform=None, crs=None) -> dict:
+    """A GeoJSON FeatureCollection of the detections' polygons (see the module docstring)."""
+    features = []
+    for ring, score, label in zip(scene_rings(detections, transform), np.asarray(detections["scores"]),
+                                  np.asarray(detections["labels"])):
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
                          "properties": {"label": int(label), "class": class_names[int(label)], "score": float(score)}})
     collection = {"type": "FeatureCollection", "features": features}
     if crs is not None:
@@ -86,10 +98,22 @@ def to_geojson(detections: dict, class_names: Sequence[str], transform=None, crs
     return collection
 
 
+def write_detections(path: str | Path, detections: dict, class_names: Sequence[str], transform=None, crs=None) -> None:
+    """GeoJSON (.geojson/.json) or GeoPackage (.gpkg) of the detections in the scene's CRS, written atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".gpkg":
+        write_geopackage(path, scene_rings(detections, transform), np.asarray(detections["labels"]), class_names,
+                         np.asarray(detections["scores"]), crs)
+    elif path.suffix.lower() in (".geojson", ".json"):
+        write_text(path, json.dumps(to_geojson(detections, class_names, transform, crs)))
+    else:
+        raise ValueError(f"output {path}: write .geojson/.json (GeoJSON) or .gpkg (GeoPackage), not {path.suffix!r}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scene")
-    parser.add_argument("output", help="GeoJSON file to write (.geojson or .json).")
+    parser.add_argument("output", help="File to write: GeoJSON (.geojson, .json) or GeoPackage (.gpkg).")
     parser.add_argument("--model", required=True, help="Folder or Hub id of an S5ForOrientedDetection model.")
     parser.add_argument("--task", help="Dataset head (dior, dota); default: the model's default task.")
     parser.add_argument("--tile", type=int, default=1024)
@@ -100,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
     output, scene_path = Path(args.output), Path(args.scene)
-    if output.suffix.lower() not in (".geojson", ".json"):
-        parser.error(f"output {output}: only GeoJSON (.geojson/.json) is written.")
+    if output.suffix.lower() not in (".geojson", ".json", ".gpkg"):
+        parser.error(f"output {output}: write GeoJSON (.geojson/.json) or GeoPackage (.gpkg), not {output.suffix!r}.")
     if output.exists() and output.resolve() == scene_path.resolve():
         parser.error(f"output {output} is the input scene.")
     if output.exists() and not args.overwrite:
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     transform, crs = scene.transform, scene.crs
     scene.close()
     detections = detect_scene(model, scene_path, task, args.tile, args.overlap, args.nms_iou)
-    write_text(output, json.dumps(to_geojson(detections, class_names, transform, crs)))
+    write_detections(output, detections, class_names, transform, crs)
     print(f"{len(detections['boxes'])} detections -> {output}")
     return 0
 
