@@ -897,6 +897,102 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         """Use task `name` when no `task` is passed, e.g. in `pipeline("image-segmentation")`."""
         self.config.set_default_task(name)
 
+    def add_task(self, task: str | dict, init_from: str | None = None) -> S5ForSemanticSegmentation:
+        """Extend this trained multi-task model with a new dataset, in place; returns the model.
+
+        `task` is a known benchmark name or a dict `{"name", "id2label", "ignore_index"}` (as in `S5Config.tasks`).
+        The new task gets, appended after the existing ones (so no existing index moves):
+        - in every block, a new FFN expert copied from the expert of `init_from` (default: the first task). A
+          trained MoE-MDF model no longer holds the pretrained fc2 tail rows that `from_single_task` starts from,
+          and the expert of a trained task is the nearest thing: the new task then starts at that task's backbone;
+        - a copy of `init_from`'s decoder (spec 1.2: decoders start from a trained one) and a fresh classifier.
+        Nothing else changes, and every existing task keeps its own expert, decoder and classifier, so each old
+        task's outputs are bit-identical before and after (the MoE promise that a new dataset leaves the old ones
+        alone). Train only the new task's parameters (`finetune_mdf.py --train_only_new`) to keep it so.
+
+        A model without experts (`part_features=0`) gets a shared-backbone task: only a decoder and classifier
+        are added. A single-task model with `part_features > 0` is refused: as a multi-task model its FFN would
+        split into shared rows and experts (another computation); build it with `from_single_task` instead.
+        """
+        if len(self.config.tasks) == 1 and self.config.part_features > 0:
+            raise ValueError(
+                f"add_task: this is a single-task model ({self.config.task_names[0]!r}) with part_features="
+                f"{self.config.part_features}; with a second task its FFN would become shared rows plus experts. "
+                f"Use S5ForSemanticSegmentation.from_single_task(model, S5Config(..., tasks=[old, new])) instead, "
+                f"or a config with part_features=0 for a shared backbone."
+            )
+        source = self.config.task_index(init_from) if init_from is not None else 0
+        # Validate the new task exactly as a configuration would (known name or dict, unique name, class ids).
+        values = {k: v for k, v in self.config.to_dict().items() if k not in ("auto_map", "model_type")}
+        checked = type(self.config).from_dict({**values, "tasks": [*self.config.tasks, task]})
+        spec = checked.tasks[-1]
+        if checked.use_experts != self.config.use_experts:  # guarded above; kept so the layout can never drift
+            raise ValueError("add_task: adding the task would change whether the model has experts.")
+        reference = self.decoders[source]
+        parameter = next(reference.parameters())
+        classifier = S5Classifier(self.config, len(spec["id2label"]))
+        for module in classifier.modules():
+            self._init_weights(module)
+        if self.config.use_experts:
+            for layer in self.s5.encoder.layer:
+                layer.mlp.experts.append(copy.deepcopy(layer.mlp.experts[source]))
+        decoder = copy.deepcopy(reference)
+        self.decoders.append(decoder.train(self.training))
+        self.classifiers.append(classifier.to(dtype=parameter.dtype, device=parameter.device).train(self.training))
+        self.config.tasks = [*self.config.tasks, spec]
+        return self
+
+
+def adapt_patch_embedding(
+    model: S5PreTrainedModel, num_channels: int, rgb_bands: Sequence[int] = (0, 1, 2), rescale: bool = True
+) -> S5PreTrainedModel:
+    """Adapt an RGB model (`num_channels=3`) to `num_channels` input bands, in place; returns the model.
+
+    The patch-embedding kernel `W` (hidden, 3, p, p) becomes `W'` (hidden, N, p, p):
+    - `W'[:, rgb_bands[i]] = W[:, i]`: the bands the user maps to R, G and B keep the RGB filters;
+    - every other band starts from the mean of the three RGB filters (a band the RGB model never saw is treated
+      as one more visible-like channel, the usual choice when inflating a first layer);
+    - with `rescale`, the whole kernel is multiplied by 3/N. Inputs are normalised per band (zero mean, unit
+      std), and neighbouring spectral bands are strongly correlated, so a filter bank summing over N bands instead
+      of 3 would grow the patch activations about N/3 times; 3/N keeps their scale (exact for N identical bands
+      at the mean filter). The bias is not scaled.
+    Consequence for the identity check: with the extra filters set to zero, the adapted model fed
+    `[R, G, B, extra...]` reproduces the RGB model only with `rescale=False` (or after multiplying the RGB
+    filters back by N/3).
+    `config.num_channels` becomes N and `config.band_adaptation` records what was done
+    (`{"from_channels": 3, "rgb_bands": [...], "extra_init": "mean_rgb", "scale": 3/N or 1.0}`), so the saved
+    model says how its first layer was made. The image processor must then normalise N bands (e.g. the band
+    statistics of `s5_hf.data.band_stats`).
+    """
+    config = model.config
+    if config.num_channels != 3:
+        raise ValueError(f"adapt_patch_embedding needs an RGB model (num_channels=3), got num_channels="
+                         f"{config.num_channels}.")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 3:
+        raise ValueError(f"num_channels must be an integer >= 3 (the RGB bands plus extra ones), got {num_channels!r}.")
+    bands = list(rgb_bands)
+    if (len(bands) != 3 or any(isinstance(b, bool) or not isinstance(b, int) for b in bands)
+            or len(set(bands)) != 3 or not all(0 <= b < num_channels for b in bands)):
+        raise ValueError(f"rgb_bands must be three distinct band indices in 0..{num_channels - 1} (the bands used "
+                         f"as R, G, B), got {rgb_bands!r}.")
+    embeddings = model.base_model.embeddings
+    old = embeddings.projection
+    weight = old.weight.detach().float()
+    new_weight = weight.mean(dim=1, keepdim=True).repeat(1, num_channels, 1, 1)
+    for rgb, band in enumerate(bands):
+        new_weight[:, band] = weight[:, rgb]
+    scale = 3.0 / num_channels if rescale else 1.0
+    if rescale:
+        new_weight = new_weight * scale
+    projection = nn.Conv2d(num_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride)
+    state = {"weight": new_weight.to(old.weight.dtype), "bias": old.bias.detach().clone()}
+    projection.load_state_dict(state)
+    embeddings.projection = projection.to(device=old.weight.device, dtype=old.weight.dtype)
+    embeddings.num_channels = num_channels
+    config.num_channels = num_channels
+    config.band_adaptation = {"from_channels": 3, "rgb_bands": bands, "extra_init": "mean_rgb", "scale": scale}
+    return model
+
 
 # Configuration fields that change the function of the backbone and decoder weights (kept for callers that compare
 # dictionaries; new code calls `S5Config.architecture_differences`).
@@ -921,5 +1017,6 @@ __all__ = [
     "S5ModelOutput",
     "S5PreTrainedModel",
     "S5SemanticSegmenterOutput",
+    "adapt_patch_embedding",
     "task_cross_entropy",
 ]

@@ -29,6 +29,11 @@ step runs one forward per dataset with its adapter (a mixed batch cannot pick an
 backward. `<output_dir>/model` (and `best`) hold the plain S5 model with its trained decoders plus `lora/<task>/`;
 the final adapters are also written to `<output_dir>/lora/<task>/`, each loadable with
 `PeftModel.from_pretrained(S5ForSemanticSegmentation.from_pretrained(<output_dir>/model), ..., adapter_name=task)`.
+
+`--train_only_new` extends a trained multi-task model (`--model_name_or_path`) with the --train_datasets, which
+must all be new: `S5ForSemanticSegmentation.add_task` gives each an expert and a decoder copied from the first
+task and a fresh classifier, and only those train (everything else has requires_grad False; the old decoders
+never run, so their BatchNorm statistics stay). The old tasks' outputs stay bit-identical.
 """
 
 from __future__ import annotations
@@ -155,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="One forward for all datasets (default) or one per dataset.")
     model = parser.add_argument_group("experts")
     model.add_argument("--part_features", type=int, default=256, help="Channels of each expert (0: no experts).")
+    model.add_argument("--train_only_new", action="store_true",
+                       help="Add every --train_datasets dataset as a new task of the multi-task model "
+                            "--model_name_or_path (S5ForSemanticSegmentation.add_task) and train only the new "
+                            "tasks' experts, decoders and classifiers: the old tasks' outputs stay bit-identical.")
     lora = parser.add_argument_group("LoRA (instead of experts)")
     lora.add_argument("--lora", action="store_true",
                       help="Train one LoRA adapter per dataset on the frozen backbone instead of experts.")
@@ -189,6 +198,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         unknown = sorted(set(getattr(args, option)) - set(args.sources))
         if unknown:
             raise ValueError(f"--{option} names {unknown}, which are not among --train_datasets {list(args.sources)}.")
+    if args.train_only_new and (args.lora or not args.model_name_or_path):
+        raise ValueError("--train_only_new extends a trained multi-task model: it needs --model_name_or_path and "
+                         "cannot be combined with --lora.")
     if args.lora and args.gradient_checkpointing:
         raise ValueError("--gradient_checkpointing cannot be combined with --lora: the backward would recompute "
                          "every dataset's forward with the adapter of the last one.")
@@ -245,6 +257,8 @@ def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
     if args.config_overrides:
         raise ValueError("--config_overrides builds a new model; it cannot be combined with --model_name_or_path.")
     start = S5ForSemanticSegmentation.from_pretrained(args.model_name_or_path)
+    if getattr(args, "train_only_new", False):
+        return only_new_tasks(start, args)
     if start.config.task_names == names:  # an MDF model already: continue fine-tuning it
         return start
     if len(start.config.tasks) != 1:
@@ -254,6 +268,25 @@ def build_model(args: argparse.Namespace) -> S5ForSemanticSegmentation:
     config = S5Config(**{**fields, "tasks": tasks, "part_features": args.part_features, "default_task": None,
                          "out_indices": start.config.out_indices})
     return S5ForSemanticSegmentation.from_single_task(start, config, copy_decoder=True)
+
+
+def only_new_tasks(model: S5ForSemanticSegmentation, args: argparse.Namespace) -> S5ForSemanticSegmentation:
+    """`--train_only_new`: every dataset becomes a new task (`add_task`: expert and decoder copied from the first
+    task, fresh classifier) and only the new tasks' parameters train. The old decoders' BatchNorm statistics cannot
+    move either: only the new datasets are trained, so an old decoder never runs in training mode."""
+    old = model.config.task_names
+    again = [name for name in args.sources if name in old]
+    if again:
+        raise ValueError(f"--train_only_new: {again} are already tasks of {args.model_name_or_path} ({old}); list "
+                         f"only new datasets in --train_datasets (training an old task would change its outputs).")
+    for source in args.sources.values():
+        model.add_task(source.task())
+    new = {model.config.task_index(name) for name in args.sources}
+    heads = tuple(f"{part}.{index}." for index in new for part in ("decoders", "classifiers"))
+    experts = tuple(f".mlp.experts.{index}." for index in new)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(heads) or any(expert in name for expert in experts))
+    return model
 
 
 def build_lora_model(args: argparse.Namespace):
