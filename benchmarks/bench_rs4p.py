@@ -14,6 +14,7 @@
 
     python benchmarks/bench_rs4p.py                 # scoring + diversity at 100k and 1M (~1-2 min)
     python benchmarks/bench_rs4p.py --vit vit-b     # also a ViT-B forward at 512 px (add vit-h: minutes)
+    python benchmarks/bench_rs4p.py --features 1000000 10000000   # only the diversity step, pool streamed
 """
 
 from __future__ import annotations
@@ -196,6 +197,71 @@ def bench_diversity(sizes: list[int], num_clusters: int, target: int) -> None:
               f"{r['peak_mb'] - r['baseline_mb']:,.0f} |")
 
 
+def feature_blocks(num: int, bank: np.ndarray, rng: np.random.Generator, block: int, clock: dict):
+    """`num` float16 feature rows as `(block, D)` arrays, as the merge reads them shard by shard: never the whole
+    `(num, D)` array (10M x 768 is 15 GB in float16). Rows are drawn from a pre-built bank of clustered
+    vectors, so making a block is one gather; the wall and CPU time spent making blocks is added to `clock`
+    and left out of the step's figures."""
+    for start in range(0, num, block):
+        wall, cpu = time.perf_counter(), time.process_time()
+        rows = bank[rng.integers(0, len(bank), min(block, num - start))]
+        clock["wall"] += time.perf_counter() - wall
+        clock["cpu"] += time.process_time() - cpu
+        yield rows
+
+
+def streamed_case(num_pool: int, num_clusters: int, target: int, block: int) -> dict:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, DIM)).astype(np.float32)
+    labeled = clustered_features(LABELED, centres, rng)
+    bank = clustered_features(131_072, centres, rng)  # 192 MB of float16 rows the pool blocks are drawn from
+    entropy = rng.random(num_pool)
+    ids = np.array([f"millionaid/{i:08d}.jpg" for i in rng.permutation(num_pool)], dtype=object)
+    baseline = current_rss_mb()
+
+    timings, cpu = {}, {}
+    wall, start = time.perf_counter(), time.process_time()
+    kmeans = spherical_kmeans(labeled, num_clusters, seed=0, max_iter=50)
+    timings["kmeans"], cpu["kmeans"] = time.perf_counter() - wall, time.process_time() - start
+    making = {"wall": 0.0, "cpu": 0.0}
+    wall, start = time.perf_counter(), time.process_time()
+    clusters, _ = assign_to_prototypes(feature_blocks(num_pool, bank, rng, block, making), kmeans.centroids)
+    timings["assign"] = time.perf_counter() - wall - making["wall"]
+    cpu["assign"] = time.process_time() - start - making["cpu"]
+    wall, start = time.perf_counter(), time.process_time()
+    result = select_by_quota(entropy, ids, clusters, kmeans.counts.numpy(), min(target, num_pool // 2))
+    timings["rank_and_walk"], cpu["rank_and_walk"] = time.perf_counter() - wall, time.process_time() - start
+    return {"pool": num_pool, "baseline_mb": baseline, "peak_mb": peak_rss_mb(), "selected": len(result.selected),
+            "kmeans_iterations": kmeans.num_iterations, "making_blocks_s": making["wall"],
+            "assign_gflop": 2 * num_pool * DIM * num_clusters / 1e9,
+            **timings, **{f"{k}_cpu": v for k, v in cpu.items()}}
+
+
+def bench_streamed(sizes: list[int], num_clusters: int, target: int, block: int) -> None:
+    from machine import machine_line, measure_matmul_rates  # benchmarks/machine.py
+
+    rates = measure_matmul_rates()
+    print(f"\n{machine_line()}\n{rates.describe()}")
+    print(f"Diversity step, pool streamed in float16 blocks of {block:,} rows (never the (N, {DIM}) array): "
+          f"K-Means of {LABELED:,} labeled into M={num_clusters}, streamed assignment, ranking + quota walk "
+          f"(B = min({target:,}, N/2)); {torch.get_num_threads()} threads; wall (CPU) seconds")
+    print("| pool N | k-means | assign | assign GFLOP (% of fp32 rate) | rank + walk | total | "
+          "RSS after inputs MB | peak RSS MB | step's extra MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--_streamed_case", str(size), "--num_clusters", str(num_clusters),
+             "--target", str(target), "--block", str(block)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        total = r["kmeans"] + r["assign"] + r["rank_and_walk"]
+        total_cpu = r["kmeans_cpu"] + r["assign_cpu"] + r["rank_and_walk_cpu"]
+        share = 100 * r["assign_gflop"] / r["assign"] / rates.float32
+        print(f"| {size:,} | {r['kmeans']:.1f} ({r['kmeans_cpu']:.1f}), {r['kmeans_iterations']} iters | "
+              f"{r['assign']:.1f} ({r['assign_cpu']:.1f}) | {r['assign_gflop']:,.0f} ({share:.0f}%) | "
+              f"{r['rank_and_walk']:.1f} ({r['rank_and_walk_cpu']:.1f}) | {total:.1f} ({total_cpu:.1f}) | "
+              f"{r['baseline_mb']:,.0f} | {r['peak_mb']:,.0f} | {r['peak_mb'] - r['baseline_mb']:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -204,10 +270,20 @@ def main() -> None:
     parser.add_argument("--score_images", type=int, default=512)
     parser.add_argument("--score_shards", type=int, default=100, help="chunks of 1000 rows for the read benchmark")
     parser.add_argument("--vit", nargs="*", default=[], help="presets to time at 512 px: vit-b, vit-l, vit-h")
+    parser.add_argument("--features", type=int, nargs="+", default=[],
+                        help="only the diversity step, pool streamed in blocks, at these sizes (e.g. 1000000 10000000)")
+    parser.add_argument("--block", type=int, default=65_536, help="rows per streamed feature block")
     parser.add_argument("--_diversity_case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_streamed_case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._diversity_case:
         print(json.dumps(diversity_case(args._diversity_case, args.num_clusters, args.target)))
+        return
+    if args._streamed_case:
+        print(json.dumps(streamed_case(args._streamed_case, args.num_clusters, args.target, args.block)))
+        return
+    if args.features:
+        bench_streamed(args.features, args.num_clusters, args.target, args.block)
         return
     bench_scoring(args.score_images, batch_size=16, image_size=64)
     bench_scoring(max(16, args.score_images // 16), batch_size=8, image_size=512)

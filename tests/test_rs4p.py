@@ -367,6 +367,59 @@ def test_spherical_kmeans_bad_input():
         assign_to_prototypes(np.ones((2, 3)), torch.ones(2, 4))
 
 
+def one_pass_assignment(features, centroids):
+    """The assignment written the direct way: normalise all rows at once, one matmul, first maximum."""
+    scores = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=1, eps=1e-12) @ centroids.T
+    best, index = scores.max(dim=1)
+    return index.numpy(), best.numpy()
+
+
+def test_streamed_assignment_equals_one_pass_and_takes_block_iterables():
+    rng = np.random.default_rng(7)
+    centroids = torch.nn.functional.normalize(torch.randn(6, 48, generator=torch.Generator().manual_seed(7)))
+    centroids = torch.cat([centroids, centroids[2:3], centroids[4:5]])  # exact ties: 6 == 2 and 7 == 4
+    features = rng.normal(size=(1000, 48)).astype(np.float16)
+    features[:20] = centroids[[2, 4] * 10].numpy()  # rows exactly on a duplicated prototype
+    features[20] = 0.0  # an all-zero row: every similarity 0, ties to cluster 0
+    expected, similarity = one_pass_assignment(features, centroids)
+    assert expected[20] == 0 and set(expected[:20].tolist()) == {2, 4}
+    blocks = [features[start:stop] for start, stop in [(0, 1), (1, 300), (300, 301), (301, 1000)]]
+    for given, chunk_size in [(features, 8192), (features, 64), (features, 1), (iter(blocks), 100),
+                              ((torch.from_numpy(b) for b in blocks), 7)]:
+        labels, best = assign_to_prototypes(given, centroids, chunk_size=chunk_size)
+        assert np.array_equal(labels, expected) and np.array_equal(best, similarity), chunk_size
+    labels, best = assign_to_prototypes(iter([]), centroids)
+    assert labels.shape == (0,) and best.shape == (0,)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        assign_to_prototypes(iter([features, np.ones((2, 3))]), centroids)
+
+
+@pytest.mark.parametrize("levels", [None, 3, 50, 2000])
+def test_entropy_order_equals_a_full_lexsort(levels):
+    # None: continuous entropies (almost no ties); few levels: mostly ties (the full-sort branch); 2000: some.
+    rng = np.random.default_rng(levels or 0)
+    n = 5000
+    entropy = rng.random(n) if levels is None else rng.integers(0, levels, n) / levels
+    ids = [f"pool/{i:06d}.jpg" for i in rng.permutation(n)]
+    ids[10] = ids[11]  # equal ids too: index order decides, as in lexsort
+    entropy[10] = entropy[11]
+    expected = np.lexsort((np.asarray(ids, dtype=str), entropy))
+    assert np.array_equal(entropy_order(entropy, ids), expected)
+    assert np.array_equal(entropy_order(entropy, np.asarray(ids, dtype=object)), expected)
+
+
+def test_quota_walk_with_more_clusters_than_int16_keys():
+    rng = np.random.default_rng(3)
+    num_clusters = 40_000
+    clusters = rng.integers(num_clusters - 5, num_clusters, 300)  # ids above 32767 must not wrap around
+    quotas = np.zeros(num_clusters, dtype=np.int64)
+    quotas[-5:] = [3, 0, 10, 1, 50]
+    order = entropy_order(rng.random(300), [f"{i:04d}" for i in range(300)])
+    result = quota_walk(order, clusters, quotas)
+    expected, _ = sequential_walk(order.tolist(), clusters.tolist(), quotas.tolist(), False)
+    assert result.selected.tolist() == expected
+
+
 # ---- pool readers -----------------------------------------------------------------------------------------
 def test_folder_pool_ids_sources_chunks(tmp_path):
     root = make_pool_folder(tmp_path / "pool", num_images=15, corrupt=False)

@@ -40,15 +40,34 @@ def largest_remainder_quotas(counts: Sequence[int] | np.ndarray, total: int) -> 
 
 
 def entropy_order(entropy: np.ndarray, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Indices sorting candidates by ascending entropy, equal entropies by id (so the order is reproducible)."""
+    """Indices sorting candidates by ascending entropy, equal entropies by id (so the order is reproducible).
+
+    The same order as `np.lexsort((ids, entropy))`, but the ids are compared only inside runs of equal
+    entropy: one float sort of all N, then a string sort of the tied candidates alone. (Sorting 10^7 ids as
+    strings costs more than the rest of the diversity step and an `(N,)` fixed-width string array.)
+    """
     entropy = np.asarray(entropy, dtype=np.float64)
-    ids = np.asarray(ids, dtype=str)
+    ids = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=object)
     if entropy.shape != ids.shape or entropy.ndim != 1:
         raise ValueError(f"entropy {entropy.shape} and ids {ids.shape} must be 1-d and of the same length.")
     if not np.isfinite(entropy).all():
         bad = ids[~np.isfinite(entropy)][:5].tolist()
         raise ValueError(f"Non-finite entropy for candidates {bad}: report them as failures before ranking.")
-    return np.lexsort((ids, entropy))
+    order = np.argsort(entropy, kind="stable")
+    ranked = entropy[order]
+    tied_with_next = ranked[1:] == ranked[:-1]
+    if 2 * int(tied_with_next.sum()) > len(order):
+        # Mostly ties (e.g. quantised entropies): one string sort of everything is cheaper than picking runs.
+        return np.lexsort((np.asarray(ids, dtype=str), entropy))
+    if tied_with_next.any():
+        tied = np.zeros(len(order), dtype=bool)  # positions in `order` inside a run of equal entropies
+        tied[1:] |= tied_with_next
+        tied[:-1] |= tied_with_next
+        positions = np.flatnonzero(tied)
+        members = order[positions]  # runs are contiguous, so re-sorting them in place keeps the runs apart
+        resorted = np.lexsort((np.asarray(ids[members], dtype=str), entropy[members]))
+        order[positions] = members[resorted]
+    return order
 
 
 @dataclass
@@ -94,12 +113,13 @@ def quota_walk(
     if clusters.size and (clusters.min() < 0 or clusters.max() >= num_clusters):
         raise ValueError(f"cluster ids must be in [0, {num_clusters}), got range [{clusters.min()}, {clusters.max()}].")
     walk_clusters = clusters[order]
-    # Rank of each walked candidate within its cluster: group by cluster (stable keeps walk order), then
-    # subtract each group's start position.
-    grouping = np.argsort(walk_clusters, kind="stable")
-    grouped = walk_clusters[grouping]
+    # Rank of each walked candidate within its cluster: group by cluster (a stable sort keeps walk order;
+    # small integer keys get numpy's radix sort), then subtract each group's start position.
+    keys = walk_clusters.astype(np.int16) if num_clusters <= np.iinfo(np.int16).max else walk_clusters
+    grouping = np.argsort(keys, kind="stable")
+    group_start = np.concatenate(([0], np.cumsum(np.bincount(walk_clusters, minlength=num_clusters))[:-1]))
     rank_in_cluster = np.empty(len(order), dtype=np.int64)
-    rank_in_cluster[grouping] = np.arange(len(order)) - np.searchsorted(grouped, grouped, side="left")
+    rank_in_cluster[grouping] = np.arange(len(order)) - group_start[walk_clusters[grouping]]
     accept = rank_in_cluster < quotas[walk_clusters]
     target = int(quotas.sum())
     shortfall = target - int(accept.sum())
