@@ -61,6 +61,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_tiny_detector_learns_the_synthetic_look_alikes(tmp_path):
     start = time.time()
     dior_root = make_fake_dior_r(tmp_path / "dior", num_trainval=48, num_test=24, size=SIZE, seed=0)

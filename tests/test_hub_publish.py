@@ -395,6 +395,7 @@ def tiny_release(monkeypatch, tmp_path):
     return converted, release
 
 
+@pytest.mark.slow
 def test_released_card_needs_the_converted_official_weights(tiny_release, tmp_path):
     from s5_hf.convert_official import CONVERSION_RECORD, weights_sha256
 

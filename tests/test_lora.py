@@ -173,6 +173,7 @@ print("ddp-ok", accelerator.process_index)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_give_every_adapter_its_gradient(tmp_path):
     script = tmp_path / "ddp_lora.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(tiny=repr(TINY))))

@@ -7,6 +7,7 @@ import json
 
 import datasets
 import numpy as np
+import pytest
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation
 
@@ -14,6 +15,7 @@ from s5_hf import quickstart
 from s5_hf.label_sets import MDF_TASKS
 
 
+@pytest.mark.slow
 def test_quickstart_runs_every_stage_and_fine_tuning_helps(tmp_path):
     out = tmp_path / "quickstart"
     summary = quickstart.main(["--output-dir", str(out), "--steps", "4"])

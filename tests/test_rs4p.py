@@ -581,6 +581,7 @@ def test_failed_rewrite_keeps_the_previous_outputs(workspace, reference_run, tmp
     assert all(after[name] == before[name] for name in before if name not in ("run_stats.json", "run_config.json"))
 
 
+@pytest.mark.slow
 def test_sigkilled_runs_resume_to_the_same_output(workspace, reference_run, tmp_path):
     """Real kills (SIGKILL, no clean-up): one while a score shard is half written, the resumed run while the
     output dataset is half written; the next run scores nothing again and writes the reference output."""
@@ -683,6 +684,7 @@ def test_push_to_hub_twice_then_load_dataset_streaming(workspace, reference_run,
     assert {"README.md", "entropy_histogram.png", "failures.jsonl", "selection_stats.json"} <= files
 
 
+@pytest.mark.slow
 def test_parquet_pool_selects_like_the_folder_pool(workspace, reference_run, tmp_path):
     """The same images, ids and sources as one Parquet file (small row groups) give the same selection."""
     pool = open_pool([str(workspace["pool"])])
@@ -711,6 +713,7 @@ def test_resume_refuses_scores_made_differently(workspace, reference_run, tmp_pa
         run_selection(arguments(workspace, output_dir, image_size=32))
 
 
+@pytest.mark.slow
 def test_two_processes_select_exactly_like_one(workspace, reference_run, tmp_path):
     """torchrun with 2 CPU processes: the work is split, and the output equals the single-process run."""
     output_dir = tmp_path / "torchrun"

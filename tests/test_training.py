@@ -100,6 +100,7 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
 
 
 # ---- learning ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mdf_loss_falls_and_miou_rises_above_chance(data, tmp_path):
     out = tmp_path / "mdf"
     torch.manual_seed(42)  # the script seeds 42 too: `initial` is the model it starts from
@@ -123,6 +124,7 @@ def test_mdf_loss_falls_and_miou_rises_above_chance(data, tmp_path):
     assert reloaded.config.task_names == ["vaihingen", "potsdam"] and reloaded.config.use_experts
 
 
+@pytest.mark.slow
 def test_s4p_trains_both_losses_and_validates(data, tmp_path):
     out = tmp_path / "s4p"
     outcome = pretrain.main(s4p_args(data, out, "--max_train_steps", "6", "--eval_steps", "3",
@@ -138,6 +140,7 @@ def test_s4p_trains_both_losses_and_validates(data, tmp_path):
 
 
 # ---- resume ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     steps = ["--max_train_steps", "8", "--eval_steps", "0", "--checkpointing_steps", "2"]
     finish(run_script(s4p_args(data, tmp_path / "full", *steps), "pretrain_s4p.py"))
@@ -184,6 +187,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data, tmp_path):
     # The same rows in both runs: no shuffling, and tile counts (15 Vaihingen, 21 Potsdam training tiles once
     # 1 and 3 are held out) that do not divide by 2, so the two processes take every other row and their two
