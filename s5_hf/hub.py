@@ -114,14 +114,11 @@ def remote_code_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def check_model_folder(folder: str | os.PathLike):
-    """Check a saved S5 model folder can be published; returns the loaded model (eval mode).
-
-    Raises PublishError naming the problem (pickled weights, missing files or code, no tasks, failing forward).
-    """
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    from . import S5ForSemanticSegmentation  # noqa: F401  (registers the Auto classes)
+def load_model_folder(folder: str | os.PathLike, auto_class, processor: str):
+    """Load a saved model folder as the Hub's users would (`auto_class` and AutoImageProcessor) after the checks
+    every published model must pass: safetensors only, config/processor/code present, no weight left unfilled.
+    PublishError naming the problem otherwise. `processor` names the processor class for the message."""
+    from transformers import AutoImageProcessor
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -134,12 +131,12 @@ def check_model_folder(folder: str | os.PathLike):
         )
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
-        raise PublishError(f"{folder} lacks {missing}; save the model and its S5ImageProcessor there first.")
+        raise PublishError(f"{folder} lacks {missing}; save the model and its {processor} there first.")
     if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
         raise PublishError(f"{folder} has no safetensors weights (model.safetensors).")
     remote_code_files(folder)
     try:
-        model, info = AutoModelForSemanticSegmentation.from_pretrained(folder, output_loading_info=True)
+        model, info = auto_class.from_pretrained(folder, output_loading_info=True)
         AutoImageProcessor.from_pretrained(folder)
     except Exception as error:  # any loading failure means the repo would be broken
         raise PublishError(f"{folder} does not load: {type(error).__name__}: {error}") from error
@@ -148,6 +145,19 @@ def check_model_folder(folder: str | os.PathLike):
     if any(problems.values()):
         raise PublishError(f"{folder}: the weights do not match the configuration: "
                            + "; ".join(f"{kind} {keys}" for kind, keys in problems.items() if keys))
+    return model
+
+
+def check_model_folder(folder: str | os.PathLike):
+    """Check a saved S5 model folder can be published; returns the loaded model (eval mode).
+
+    Raises PublishError naming the problem (pickled weights, missing files or code, no tasks, failing forward).
+    """
+    from transformers import AutoModelForSemanticSegmentation
+
+    from . import S5ForSemanticSegmentation  # noqa: F401  (registers the Auto classes)
+
+    model = load_model_folder(folder, AutoModelForSemanticSegmentation, "S5ImageProcessor")
     model.eval()
     config = model.config
     if not getattr(config, "tasks", None):

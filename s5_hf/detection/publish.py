@@ -14,7 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData
 
-from ..hub import MODEL_FILES, PICKLE_SUFFIXES, WEIGHT_SUFFIXES, PublishError, check_repo_id, remote_code_files
+from ..hub import (MODEL_FILES, PICKLE_SUFFIXES, WEIGHT_SUFFIXES, PublishError, check_repo_id,  # noqa: F401 (re-exported)
+                   load_model_folder, remote_code_files)
 from ..model_card import validate_card_text
 
 # The model-index names of the detection datasets (no Hub dataset ids are claimed: neither is on the Hub officially).
@@ -23,30 +24,11 @@ DETECTION_DATASETS = {"dior": ("dior-r", "DIOR-R"), "dota": ("dota-v2", "DOTA-v2
 
 def check_detection_folder(folder: str | os.PathLike):
     """Load a saved detection model folder as the Hub would (Auto classes); PublishError naming what is wrong."""
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+    from transformers import AutoModelForObjectDetection
 
     from .. import S5ForOrientedDetection  # noqa: F401  (registers the Auto classes)
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PublishError(f"{folder}: not a folder.")
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise PublishError(f"{folder} holds pickled weights {pickles}: only safetensors are published.")
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
-    if missing or not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
-        raise PublishError(f"{folder} lacks {missing or 'safetensors weights'}; save the model and its "
-                           "S5DetectionImageProcessor there first.")
-    remote_code_files(folder)
-    try:
-        model, info = AutoModelForObjectDetection.from_pretrained(folder, output_loading_info=True)
-        AutoImageProcessor.from_pretrained(folder)
-    except Exception as error:  # any loading failure means the repo would be broken
-        raise PublishError(f"{folder} does not load: {type(error).__name__}: {error}") from error
-    problems = {k: sorted(info.get(k) or [])[:5] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(problems.values()):
-        raise PublishError(f"{folder}: the weights do not fit the configuration ({problems}).")
-    return model.eval()
+    return load_model_folder(folder, AutoModelForObjectDetection, "S5DetectionImageProcessor").eval()
 
 
 def detection_eval_result(task: str, value: float, repo_id: str, scope: str) -> EvalResult:
