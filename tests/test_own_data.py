@@ -362,3 +362,14 @@ def test_shard_source_of_a_new_task_checks_its_mask_values(tmp_path, s4p_model):
                          "--test_splits", "mycrops=", "--max_train_steps", "4", "--shuffle_buffer", "0")
     with pytest.raises(ValueError, match=r"mycrops=.*shards: sample 's2': mask value\(s\) 9 \(1 px\) outside the classes"):
         finetune.main(args)
+
+
+def test_a_corrupt_geotiff_is_named_by_every_reader(tmp_path):
+    from s5_hf.data.folders import raster_info, read_image, read_mask
+    from s5_hf.data.images import DataFileError
+
+    bad = tmp_path / "scene.tif"
+    bad.write_bytes(b"not a tiff")
+    for read in (raster_info, read_image, read_mask):
+        with pytest.raises(DataFileError, match=r"scene\.tif: cannot read the GeoTIFF"):
+            read(bad)

@@ -31,6 +31,7 @@ array of the file's dtype), ``mask`` ((H, W) uint8 class ids, int32 if the ignor
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -85,6 +86,20 @@ def _rasterio():
     return rasterio
 
 
+@contextlib.contextmanager
+def _open_geotiff(path: Path):
+    """The rasterio dataset of `path` (no warning for files without georeferencing); read errors inside the block
+    become a DataFileError naming the file."""
+    rasterio = _rasterio()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                yield src
+    except rasterio.errors.RasterioError as error:
+        raise DataFileError(path, f"cannot read the GeoTIFF ({error})") from None
+
+
 def _is_geotiff(path: Path) -> bool:
     return path.suffix.lower() in GEOTIFF_SUFFIXES
 
@@ -95,18 +110,12 @@ def raster_info(path: str | os.PathLike) -> RasterInfo:
     if not path.is_file():
         raise DataFileError(path, "file not found")
     if _is_geotiff(path):
-        rasterio = _rasterio()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    dtypes = set(src.dtypes)
-                    if len(dtypes) != 1:
-                        raise DataFileError(path, f"bands of different dtypes {sorted(dtypes)}")
-                    return RasterInfo(path, src.height, src.width, src.count, src.dtypes[0],
-                                      src.crs.to_wkt() if src.crs else None, src.nodata)
-        except rasterio.errors.RasterioError as error:
-            raise DataFileError(path, f"cannot read the GeoTIFF ({error})") from None
+        with _open_geotiff(path) as src:
+            dtypes = set(src.dtypes)
+            if len(dtypes) != 1:
+                raise DataFileError(path, f"bands of different dtypes {sorted(dtypes)}")
+            return RasterInfo(path, src.height, src.width, src.count, src.dtypes[0],
+                              src.crs.to_wkt() if src.crs else None, src.nodata)
     try:
         with Image.open(path) as image:
             bits, _ = stored_format(image)
@@ -130,15 +139,9 @@ def read_image(path: str | os.PathLike, nodata: float | None = None) -> tuple[np
     path = Path(path)
     alpha = None
     if _is_geotiff(path):
-        rasterio = _rasterio()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    pixels = src.read().transpose(1, 2, 0)
-                    declared = src.nodata
-        except rasterio.errors.RasterioError as error:
-            raise DataFileError(path, f"cannot read the GeoTIFF ({error})") from None
+        with _open_geotiff(path) as src:
+            pixels = src.read().transpose(1, 2, 0)
+            declared = src.nodata
     else:
         image = open_image(path)
         if image.mode == "P":
@@ -170,16 +173,10 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """((H, W) int64 raw values, (H, W) bool nodata of a GeoTIFF mask or None) of a single-band mask file."""
     path = Path(path)
     if _is_geotiff(path):
-        rasterio = _rasterio()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    if src.count != 1:
-                        raise DataFileError(path, f"a mask must have one band of class ids, this one has {src.count}")
-                    values, nodata = src.read(1), src.nodata
-        except rasterio.errors.RasterioError as error:
-            raise DataFileError(path, f"cannot read the GeoTIFF ({error})") from None
+        with _open_geotiff(path) as src:
+            if src.count != 1:
+                raise DataFileError(path, f"a mask must have one band of class ids, this one has {src.count}")
+            values, nodata = src.read(1), src.nodata
         if not np.issubdtype(values.dtype, np.integer):
             raise DataFileError(path, f"mask dtype {values.dtype}: class ids must be integers")
         return values.astype(np.int64), (values == nodata) if nodata is not None else None
