@@ -22,22 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_model import build as build_model  # benchmarks/bench_model.py
 from machine import case_line, count_flops, machine_line, measure_matmul_rates, peak_memory_mb
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5ForSemanticSegmentation
 from s5_hf.export import OnnxSegmenter, export_onnx
-from s5_hf.label_sets import MDF_TASKS
-
-SMALL = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, out_indices=[1, 2, 3, 4],
-             decoder_hidden_size=64, part_features=32)
-
 
 def build(preset: str, image_size: int) -> S5ForSemanticSegmentation:
-    if preset == "small":
-        config = S5Config(**SMALL, image_size=image_size, tasks=list(MDF_TASKS))
-    else:
-        config = S5Config.from_preset(preset, image_size=image_size, tasks=list(MDF_TASKS))
+    """bench_model's four-dataset model (the same small configuration), seeded, in eval mode."""
     torch.manual_seed(0)
-    return S5ForSemanticSegmentation(config).eval()
+    return build_model(preset, image_size).eval()
 
 
 def bench(preset: str, image_size: int, batches: list[int], repeats: int, task: str = "potsdam") -> None:
