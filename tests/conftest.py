@@ -40,6 +40,18 @@ def hub(tmp_path, monkeypatch):
         assert server.unhandled == []
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: the detection tests' many small convolutions and polygon ops run much
+    faster without thread spin-waits on a 2-core machine (about 20x under contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Skips: every skip says why, and in CI (CI=true) none is allowed, so a missing browser, extra or data file fails
 # the run instead of shrinking it in silence. `pytest -m "not slow"` deselects; it does not skip.

@@ -32,12 +32,7 @@ def roots(tmp_path_factory):
             make_fake_dota(base / "dota", num_train=2, num_val=1, size=128))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def argv(roots, out, *extra):

@@ -22,13 +22,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_si
             roi_num_samples=32, rpn_num_samples=64, drop_path_rate=0.0, tasks=TASKS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The shared 2-core machine runs several suites at once; one intra-op thread avoids spin-wait slowdowns.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(**overrides):

@@ -18,12 +18,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_si
             drop_path_rate=0.0, tasks=["dior", "dota"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
