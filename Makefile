@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 # Optional extras installed with the package: `test` (pytest), `geo` (rasterio: GeoTIFF inference and its test),
 # `demo` (gradio: the Space app, which tests/test_demo.py launches on loopback) and `export` (onnx, onnxscript,
-# onnxruntime: s5_hf.export and its test).
+# onnxruntime: s5_hf.inference.export and its test).
 EXTRAS ?= test,geo,demo,export
 
 export HF_HUB_DISABLE_XET := 1

@@ -33,13 +33,13 @@ import datasets
 import torch
 
 from memory import peak_rss_mb
-from s5_hf.augment import LabeledTransform, UnlabeledTransform
+from s5_hf.training.augment import LabeledTransform, UnlabeledTransform
 from s5_hf.data import to_parquet_shards
 from s5_hf.data.registry import load_benchmark
 from s5_hf.data.streams import DataSource, TrainStream
 from s5_hf.data.synthetic import make_fake_loveda
 
-OFFICIAL_BATCH = 12  # per GPU, labeled and unlabeled each (spec section 2)
+OFFICIAL_BATCH = 12  # per GPU, labeled and unlabeled each (the paper's S4P recipe)
 
 
 def make_data(root: Path, size: int, images: int, shards: int) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""onnxruntime vs PyTorch on the exported single-task model (`s5_hf.export`), measured in the same process.
+"""onnxruntime vs PyTorch on the exported single-task model (`s5_hf.inference.export`), measured in the same process.
 
 The Potsdam head of a MoE-MDF model (`extract_task`) is exported to ONNX at the window size, its logits checked
 against PyTorch (max abs difference, limit 1e-4), then the same batches run through PyTorch eager (fp32,
@@ -25,7 +25,7 @@ import torch
 from bench_model import build as build_model  # benchmarks/bench_model.py
 from machine import case_line, count_flops, machine_line, measure_matmul_rates, peak_memory_mb
 from s5_hf import S5ForSemanticSegmentation
-from s5_hf.export import OnnxSegmenter, export_onnx
+from s5_hf.inference.export import OnnxSegmenter, export_onnx
 
 def build(preset: str, image_size: int) -> S5ForSemanticSegmentation:
     """bench_model's four-dataset model (the same small configuration), seeded, in eval mode."""

@@ -81,7 +81,7 @@ def run_one(height: int, width: int, window: int, overlap: float, batch_size: in
 
 def band_rows(height: int, width: int, args) -> int:
     """Rows of the predictor's accumulator band: those one batch of windows spans (as in `iter_label_strips`)."""
-    from s5_hf.inference import window_starts
+    from s5_hf.data.patches import window_starts
 
     win_h, win_w = min(args.window, height), min(args.window, width)
     rows = window_starts(height, win_h, max(1, round(win_h * (1 - args.overlap))))
@@ -102,7 +102,8 @@ def compare_batches(batch_sizes: list[int], preset: str, size: int, window: int,
     from machine import case_line, count_flops, machine_line, measure_matmul_rates  # benchmarks/machine.py
     from memory import peak_rss_mb  # benchmarks/memory.py
     from s5_hf import S5Config, S5ForSemanticSegmentation
-    from s5_hf.inference import ArrayScene, CompiledSegmenter, SlidingWindow, iter_label_strips, window_starts
+    from s5_hf.data.patches import window_starts
+    from s5_hf.inference import ArrayScene, CompiledSegmenter, SlidingWindow, iter_label_strips
 
     torch.set_num_threads(threads)
     print(machine_line())

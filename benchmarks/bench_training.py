@@ -1,6 +1,6 @@
 """Training-step benchmarks on CPU (losses + backward + AdamW step), each ratio against a baseline from the same run.
 
-Step kinds, all from `s5_hf.losses` with the model in train mode and `torch.optim.AdamW(lr=5e-5)`:
+Step kinds, all from `s5_hf.training.losses` with the model in train mode and `torch.optim.AdamW(lr=5e-5)`:
 
 * S4P: `s4p_losses` on the single-task iSAID model (16 classes). A batch is B labeled images + B unlabeled + B
   CutMix partners (`UnlabeledTransform` layout); the step runs one no-grad eval forward of the 2B weak views and
@@ -34,7 +34,7 @@ import torch
 
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.label_sets import MDF_TASKS, VOID_ID
-from s5_hf.losses import mdf_losses, s4p_losses
+from s5_hf.training.losses import mdf_losses, s4p_losses
 from memory import current_rss_mb, peak_rss_mb  # benchmarks/memory.py (scripts run from this folder)
 
 SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=128, out_indices=[1, 2, 3, 4],

@@ -12,7 +12,7 @@ from transformers.backbone_utils import BackboneConfigMixin
 
 from .label_sets import LABEL_SETS
 
-# Backbone presets of the paper (spec section 1.1). `out_indices` are transformers stage indices:
+# Backbone presets of the paper (ViT-B/L/H). `out_indices` are transformers stage indices:
 # stage i is the output of block i-1, so ViT-B's "blocks 3, 5, 7, 11" are stages 4, 6, 8, 12.
 PRESETS: dict[str, dict[str, Any]] = {
     "vit-b": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "out_indices": [4, 6, 8, 12]},
@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
-def _normalise_task(task: str | dict[str, Any]) -> dict[str, Any]:
+def _normalize_task(task: str | dict[str, Any]) -> dict[str, Any]:
     """A task is a dataset head: a name, its classes and the label id its loss and metrics ignore."""
     if isinstance(task, str):
         key = task.lower()
@@ -146,7 +146,7 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
             self.tasks = [self.tasks]
         if tasks_given and not self.tasks:
             raise ValueError("tasks is empty: list at least one task (a dataset name or a dict), e.g. tasks=['isaid'].")
-        self.tasks = [_normalise_task(t) for t in (self.tasks if tasks_given else ["isaid"])]
+        self.tasks = [_normalize_task(t) for t in (self.tasks if tasks_given else ["isaid"])]
         names = [t["name"] for t in self.tasks]
         for name in names:
             if not _TASK_NAME.match(name):

@@ -1,4 +1,4 @@
-"""Configuration of S5 oriented object detection (Oriented R-CNN heads on the S5 backbone, spec section 6)."""
+"""Configuration of S5 oriented object detection (Oriented R-CNN heads on the S5 backbone, as in the paper's detection experiments)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _detection_task(task: str | dict[str, Any]) -> str | dict[str, Any]:
 
 class S5DetectionConfig(S5Config):
     r"""
-    S5 backbone (every `S5Config` field) plus one Oriented R-CNN head stack per task (spec 6.1): an FPN
+    S5 backbone (every `S5Config` field) plus one Oriented R-CNN head stack per task: an FPN
     with `fpn_num_levels` outputs, an oriented RPN with horizontal anchors and the midpoint-offset coder, and an
     RoI head (rotated RoIAlign of enlarged proposals, shared FCs, class-agnostic oriented deltas).
 

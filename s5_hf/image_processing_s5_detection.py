@@ -10,7 +10,7 @@ from .obb_geometry import obb_to_corners, polygon_to_obb
 
 class S5DetectionImageProcessor(S5ImageProcessor):
     r"""
-    Prepares images for `S5ForOrientedDetection` (spec 6.2): resize to 1024 x 1024 (DIOR-R's 800 px images
+    Prepares images for `S5ForOrientedDetection`: resize to 1024 x 1024 (DIOR-R's 800 px images
     become 1024), ImageNet mean/std, padding to a multiple of 32. `post_process_object_detection` turns the
     model's detections into per-image dicts in the coordinates of the original images, with the 4 corner points.
     """

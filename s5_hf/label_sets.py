@@ -35,7 +35,7 @@ class LabelSet:
 ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car")
 # ISPRS 2D semantic labelling colour code; clutter/background (red) is id 5 and ignored.
 ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0))
-ISPRS_CLUTTER_COLOUR = (255, 0, 0)
+ISPRS_CLUTTER_COLOR = (255, 0, 0)
 
 LABEL_SETS: dict[str, LabelSet] = {
     "isaid": LabelSet(

@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 from .configuration_s5 import BACKBONE_FIELDS, DECODER_FIELDS, S5Config
 
 VOID_ID = 255  # the universal "no label" id of every S5 mask (see label_sets.py)
-# The neck max-pools the stride-16 grid to stride 32 (spec 1.1), so each side needs at least two patches.
+# The neck max-pools the stride-16 grid to stride 32, so each side needs at least two patches.
 MIN_PATCHES_PER_SIDE = 2
 
 
@@ -844,7 +844,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
     def from_single_task(
         cls, model: S5ForSemanticSegmentation, config: S5Config, copy_decoder: bool = True
     ) -> S5ForSemanticSegmentation:
-        """Build a multi-task model from a single-task one (S4P -> MoE-MDF initialisation, spec 1.2).
+        """Build a multi-task model from a single-task one (S4P -> MoE-MDF initialisation).
 
         Every expert starts as the last `part_features` rows of the pretrained fc2 and the shared part as the
         first rows, so every task computes exactly the pretrained backbone. With `copy_decoder` the pretrained
@@ -905,7 +905,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         - in every block, a new FFN expert copied from the expert of `init_from` (default: the first task). A
           trained MoE-MDF model no longer holds the pretrained fc2 tail rows that `from_single_task` starts from,
           and the expert of a trained task is the nearest thing: the new task then starts at that task's backbone;
-        - a copy of `init_from`'s decoder (spec 1.2: decoders start from a trained one) and a fresh classifier.
+        - a copy of `init_from`'s decoder (decoders start from a trained one) and a fresh classifier.
         Nothing else changes, and every existing task keeps its own expert, decoder and classifier, so each old
         task's outputs are bit-identical before and after (the MoE promise that a new dataset leaves the old ones
         alone). Train only the new task's parameters (`finetune_mdf.py --train_only_new`) to keep it so.

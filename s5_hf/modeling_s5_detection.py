@@ -1,7 +1,7 @@
 """S5 oriented object detection: Oriented R-CNN (FPN, oriented RPN, rotated RoI head) on the S5 backbone.
 
 One head stack per task (dataset), selected per image like the FFN experts, so a batch mixing DIOR-R and
-DOTA-v2 images runs one backbone forward (spec 6.1). Everything is pure PyTorch (see the `obb_*` modules).
+DOTA-v2 images runs one backbone forward. Everything is pure PyTorch (see the `obb_*` modules).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class S5DetectionPreTrainedModel(S5PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # The intended mmdet initialisation of the heads (spec 6.1; the official code misses it through a naming
+        # The intended mmdet initialisation of the heads (the official code misses it through a naming
         # bug): Xavier-uniform FPN convs and shared FCs, N(0, 0.01) RPN and classifier, N(0, 0.001) box regression.
         # Each head layer carries its rule (`_detection_init`, set in its constructor), because transformers
         # initialises every parameter once, leaf modules first.
@@ -150,7 +150,7 @@ def _smooth_l1(diff: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 class S5ForOrientedDetection(S5DetectionPreTrainedModel):
-    """S5 backbone + one Oriented R-CNN head stack per task (spec 6.1).
+    """S5 backbone + one Oriented R-CNN head stack per task.
 
     `forward(pixel_values, task, targets)`: `targets` is a list with one dict per image, `boxes` `(n, 5)`
     `(cx, cy, w, h, angle)` in input pixels and `labels` `(n,)` class ids of the image's task. In training mode
@@ -360,7 +360,7 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
     # ---- initialisation from a segmentation (S4P) model ------------------------------------------------------------
     @classmethod
     def from_single_task(cls, model: S5PreTrainedModel, config: S5DetectionConfig) -> S5ForOrientedDetection:
-        """Detection model whose backbone starts from a single-task S5 model (S4P, spec 6.1): every expert = the
+        """Detection model whose backbone starts from a single-task S5 model (S4P): every expert = the
         tail `part_features` rows of the pretrained fc2, the shared part = the leading rows, the neck copied, the
         position table bicubically resized to the detection image size; the heads start fresh."""
         source_model = getattr(model, "s5", model)

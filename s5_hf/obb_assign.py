@@ -1,4 +1,4 @@
-"""Max-IoU assignment and random sampling of detection training targets (spec 6.1).
+"""Max-IoU assignment and random sampling of detection training targets.
 
 Assignment of boxes (anchors or proposals) to ground truths from an IoU matrix `(num_gt, num_boxes)`:
   - a box whose best IoU is < `neg_iou_thr` is negative (0); >= `pos_iou_thr` is positive (its best gt, 1-based);

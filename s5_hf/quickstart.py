@@ -42,7 +42,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from . import files, sample_data
 from .data import synthetic
-from .inference import segment_scene
+from .inference.sliding_window import segment_scene
 from .label_sets import MDF_TASKS
 from .visualize import colorize, legend, overlay, task_palette, with_legend
 
@@ -122,7 +122,7 @@ def mdf_baseline(finetune, arguments: list[str]) -> dict:
     it the same way), scored on the splits the stage reports."""
     import torch
 
-    from .evaluation import evaluate_sources
+    from .evaluation.protocols import evaluate_sources
 
     args = finetune.parse_args(arguments)
     torch.manual_seed(args.seed)

@@ -14,17 +14,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .label_sets import LABEL_SETS, VOID_ID
 
-VOID_COLOUR = (0, 0, 0)
+VOID_COLOR = (0, 0, 0)
 
 
 def generated_palette(num_classes: int) -> np.ndarray:
     """`num_classes` distinct RGB colours: hues stepped by the golden ratio, alternating two brightness levels."""
-    colours = []
+    colors = []
     for k in range(num_classes):
         hue = (k * 0.618033988749895) % 1.0
         value = 0.95 if k % 2 == 0 else 0.7
-        colours.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, value)))
-    return np.array(colours, dtype=np.uint8).reshape(num_classes, 3)
+        colors.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, value)))
+    return np.array(colors, dtype=np.uint8).reshape(num_classes, 3)
 
 
 def task_palette(task: Mapping) -> np.ndarray:
@@ -36,12 +36,12 @@ def task_palette(task: Mapping) -> np.ndarray:
     return generated_palette(len(class_names))
 
 
-def colorize(mask: np.ndarray, palette: np.ndarray, void_colour: Sequence[int] = VOID_COLOUR) -> Image.Image:
+def colorize(mask: np.ndarray, palette: np.ndarray, void_color: Sequence[int] = VOID_COLOR) -> Image.Image:
     """RGB image of a class-id mask; the void id 255 (and any id without a colour) gets `void_colour`."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"A mask must be 2-D (height, width), got shape {mask.shape}.")
-    lookup = np.tile(np.array(void_colour, dtype=np.uint8), (256, 1))
+    lookup = np.tile(np.array(void_color, dtype=np.uint8), (256, 1))
     lookup[: len(palette)] = palette
     if mask.min(initial=0) < 0 or mask.max(initial=0) > VOID_ID:
         raise ValueError(f"Mask ids must be in 0..{VOID_ID}, got {mask.min()}..{mask.max()}.")
@@ -60,8 +60,8 @@ def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, alpha: fl
 
 def blend_rows(rgb: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float) -> np.ndarray:
     """Blend a block of RGB pixels (h, w, 3) with the colours of `mask` (h, w); void pixels keep the image."""
-    colours = np.asarray(colorize(mask, palette), dtype=np.float32)
-    blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colours
+    colors = np.asarray(colorize(mask, palette), dtype=np.float32)
+    blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colors
     blended = np.where((np.asarray(mask) == VOID_ID)[..., None], rgb, blended)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
@@ -102,8 +102,8 @@ def legend_markdown(class_names: Sequence[str], palette: np.ndarray, present: Se
     ids = range(len(class_names)) if present is None else sorted(int(k) for k in present if k < len(class_names))
     rows = ["| id | colour | class |", "|---|---|---|"]
     for k in ids:
-        hex_colour = "#" + "".join(f"{int(c):02x}" for c in palette[k])
-        swatch = f"<span style='color:{hex_colour}'>&#9632;</span> `{hex_colour}`"
+        hex_color = "#" + "".join(f"{int(c):02x}" for c in palette[k])
+        swatch = f"<span style='color:{hex_color}'>&#9632;</span> `{hex_color}`"
         rows.append(f"| {k} | {swatch} | {class_names[k].replace('_', ' ')} |")
     return "\n".join(rows)
 

@@ -1,4 +1,4 @@
-"""Tests of s5_hf.augment: geometry against PIL, colour operations against colorsys/hand formulas, the draw order
+"""Tests of s5_hf.training.augment: geometry against PIL, colour operations against colorsys/hand formulas, the draw order
 and seed reproducibility that exact resume relies on, and the per-row transforms on a real `datasets` table."""
 
 import colorsys
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from s5_hf.augment import (
+from s5_hf.training.augment import (
     AugmentedDataset,
     LabeledTransform,
     UnlabeledTransform,
@@ -168,7 +168,7 @@ def test_rgb_hsv_against_colorsys():
     torch.testing.assert_close(hsv_to_rgb(hsv), rgb, atol=1e-5, rtol=0)
 
 
-def test_colour_adjustments_by_hand():
+def test_color_adjustments_by_hand():
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
     torch.testing.assert_close(adjust_hue(red, 0.5), torch.tensor([0.0, 1.0, 1.0]).view(3, 1, 1))  # cyan
     torch.testing.assert_close(adjust_hue(red, 1 / 3), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1), atol=1e-6, rtol=0)

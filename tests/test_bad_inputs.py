@@ -263,9 +263,9 @@ def _random_model_as_release(tmp_path, monkeypatch):
     """A random model of exactly the shape of a released one (here: the tiny golden official model converted,
     standing in for s5-vit-b-mdf), so only the weights digest can tell it is not the official checkpoint."""
     from s5_hf import S5ForSemanticSegmentation, S5ImageProcessor
-    from s5_hf import hub as hub_module
+    from s5_hf.hub import publish as hub_module
     from s5_hf.convert_official import convert_official_checkpoint
-    from s5_hf.model_card import ReleasedModel
+    from s5_hf.hub.cards import ReleasedModel
 
     official = convert_official_checkpoint(_official_golden() / "mdf_official_state_dict.safetensors",
                                            tmp_path / "converted", num_attention_heads=2, out_indices=[1, 2, 3, 4])
@@ -303,7 +303,7 @@ _PUBLISH_CASES = {
 @pytest.mark.parametrize("case", list(_PUBLISH_CASES))
 def test_publish_bad_input(case, tmp_path, hub, capsys, monkeypatch):
     """s5-publish: `s5-publish: error: ...` naming the problem, exit status 1, nothing created or uploaded."""
-    from s5_hf.hub import main
+    from s5_hf.hub.publish import main
 
     make, extra, repo_id, words = _PUBLISH_CASES[case]
     folder = make(tmp_path, monkeypatch)
@@ -895,7 +895,7 @@ def test_s5_segment_rejects_bad_options(argv, code, message, tmp_path, capsys, m
 def test_s5_params_rejects_bad_options(argv, message, capsys):
     import re
 
-    from s5_hf.params import main
+    from s5_hf.hub.params import main
 
     with pytest.raises(SystemExit) as exit_:
         main(argv)

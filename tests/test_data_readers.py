@@ -17,7 +17,7 @@ from s5_hf.data import synthetic as fake
 from s5_hf.data.patches import patch_windows, window_starts
 
 # Colour codes from the benchmarks' own documentation (not from the code under test).
-ISPRS_COLOURS = {
+ISPRS_COLORS = {
     (255, 255, 255): 0,  # impervious surfaces
     (0, 0, 255): 1,  # building
     (0, 255, 255): 2,  # low vegetation
@@ -25,7 +25,7 @@ ISPRS_COLOURS = {
     (255, 255, 0): 4,  # car
     (255, 0, 0): 5,  # clutter/background
 }
-ISAID_SHIP_COLOUR, ISAID_BACKGROUND_COLOUR = (0, 0, 63), (0, 0, 0)
+ISAID_SHIP_COLOR, ISAID_BACKGROUND_COLOR = (0, 0, 63), (0, 0, 0)
 VAIHINGEN_TEST_AREAS = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)
 POTSDAM_TRAIN = (
     "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_7 6_8 6_9 6_10 6_11 6_12 7_7 7_8 7_9 7_10 7_11 7_12"
@@ -121,14 +121,14 @@ def test_isprs_whole_tiles_round_trip(name, roots, tmp_path):
     assert seen == {0, 1, 2, 3, 4, 5}  # clutter kept as id 5, nothing void in the full ground truth
 
 
-def test_isprs_colours_map_to_documented_ids(roots, tmp_path):
+def test_isprs_colors_map_to_documented_ids(roots, tmp_path):
     rows = rows_of(load("vaihingen", roots["vaihingen"], "test", tmp_path))
     for row in rows[:3]:
-        colours = np.asarray(
+        colors = np.asarray(
             Image.open(roots["vaihingen"] / "gts_for_participants" / f"{row['id']}.tif").convert("RGB")
         )
-        for colour, class_id in ISPRS_COLOURS.items():
-            where = (colours == colour).all(-1)
+        for color, class_id in ISPRS_COLORS.items():
+            where = (colors == color).all(-1)
             assert (row["mask"][where] == class_id).all()
         assert (row["mask"] == 5).any()
 
@@ -141,8 +141,8 @@ def test_isprs_eroded_boundaries_become_void(name, roots, tmp_path):
         expected = fake.fake_sample(name, row["id"], SIZE, seed=3, eroded=True)
         np.testing.assert_array_equal(row["mask"], expected.mask)
         suffix = "_noBoundary.tif" if name == "vaihingen" else "_label_noBoundary.tif"
-        colours = np.asarray(Image.open(label_dir / f"{row['id']}{suffix}").convert("RGB"))
-        black = (colours == 0).all(-1)
+        colors = np.asarray(Image.open(label_dir / f"{row['id']}{suffix}").convert("RGB"))
+        black = (colors == 0).all(-1)
         assert black.any()
         np.testing.assert_array_equal(row["mask"] == 255, black)
 
@@ -237,10 +237,10 @@ def test_isaid_patches_pad_small_scenes_with_void(roots, tmp_path):
         np.testing.assert_array_equal(row["image"], expected_patch(expected.image, top, left, 64, 0))
         padded += int(min(expected.mask.shape) < 64)
     assert padded  # at least one scene smaller than a patch was padded
-    colours = np.asarray(Image.open(root / "train" / "Semantic_masks" / "images" / "P0000_instance_color_RGB.png"))
+    colors = np.asarray(Image.open(root / "train" / "Semantic_masks" / "images" / "P0000_instance_color_RGB.png"))
     ids = fake.fake_sample("isaid", "P0000", SIZE, 3).mask
-    assert (ids[(colours == ISAID_BACKGROUND_COLOUR).all(-1)] == 0).all()
-    assert (ids[(colours == ISAID_SHIP_COLOUR).all(-1)] == 1).all()
+    assert (ids[(colors == ISAID_BACKGROUND_COLOR).all(-1)] == 0).all()
+    assert (ids[(colors == ISAID_SHIP_COLOR).all(-1)] == 1).all()
 
 
 def test_isaid_default_patches_are_896(roots, tmp_path):
@@ -309,13 +309,13 @@ def test_missing_root_and_files_name_the_path(tmp_path):
         load_benchmark("openearthmap", oem, "val")
 
 
-def _paint(path: Path, colour, box=(slice(0, 3), slice(0, 4))) -> None:
+def _paint(path: Path, color, box=(slice(0, 3), slice(0, 4))) -> None:
     pixels = np.array(Image.open(path).convert("RGB"))
-    pixels[box] = colour
+    pixels[box] = color
     Image.fromarray(pixels).save(path)
 
 
-def test_isprs_unknown_colour_is_an_error_naming_file_colour_and_count(tmp_path):
+def test_isprs_unknown_color_is_an_error_naming_file_color_and_count(tmp_path):
     root = make("vaihingen", tmp_path / "v")
     label = root / "gts_for_participants" / "top_mosaic_09cm_area1.tif"
     _paint(label, (255, 0, 255))
@@ -324,7 +324,7 @@ def test_isprs_unknown_colour_is_an_error_naming_file_colour_and_count(tmp_path)
     with pytest.raises(DataFileError, match=r"top_mosaic_09cm_area1\.tif.*\(255, 0, 255\) x 12"):
         load("vaihingen", root, "train", tmp_path)  # map-style: the reason is not hidden by `datasets`
     # Opt-in: unknown colours become void.
-    rows = rows_of(load_benchmark("vaihingen", root, "train", streaming=True, patch_size=None, unknown_colour="void"))
+    rows = rows_of(load_benchmark("vaihingen", root, "train", streaming=True, patch_size=None, unknown_color="void"))
     assert (rows[0]["mask"][:3, :4] == 255).all()
 
 
@@ -400,11 +400,11 @@ def test_fake_images_determine_their_labels(name, roots, tmp_path):
     options = {"patch_size": None} if name == "isaid" else {}
     rows = rows_of(load_benchmark(name, roots[name], split, streaming=True, **options))
     num_classes = {"vaihingen": 6, "potsdam": 6, "loveda": 7, "openearthmap": 9, "isaid": 16}[name]
-    colours = fake.class_colours(num_classes).astype(np.float64)
+    colors = fake.class_colors(num_classes).astype(np.float64)
     correct = total = 0
     for row in rows:
         valid = row["mask"] != 255
-        distances = ((row["image"][valid][:, None, :] - colours[None]) ** 2).sum(-1)
+        distances = ((row["image"][valid][:, None, :] - colors[None]) ** 2).sum(-1)
         correct += int((distances.argmin(1) == row["mask"][valid]).sum())
         total += int(valid.sum())
     assert total and correct / total > 0.99
@@ -429,9 +429,9 @@ def test_fake_unlabeled_pool_layout(tmp_path):
         assert image.format == "JPEG" and image.size == (32, 32) and image.mode == "RGB"
 
     # Every 4th image (index 3, 7) is noise: far more distinct colours than a scene of flat shapes.
-    def colours(path):
+    def colors(path):
         return len(np.unique(np.asarray(Image.open(path)).reshape(-1, 3) // 32, axis=0))
 
-    assert colours(root / "millionaid" / "millionaid_00003.jpg") > 2 * colours(
+    assert colors(root / "millionaid" / "millionaid_00003.jpg") > 2 * colors(
         root / "millionaid" / "millionaid_00000.jpg"
     )

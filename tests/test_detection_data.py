@@ -157,7 +157,7 @@ def test_evaluate_module_matches_the_function():
 
     import s5_hf
 
-    metric = evaluate.load(str(Path(s5_hf.__file__).parent / "evaluate_metric" / "s5_rotated_map.py"), keep_in_memory=True)
+    metric = evaluate.load(str(Path(s5_hf.__file__).parent / "evaluation" / "evaluate_metric" / "s5_rotated_map.py"), keep_in_memory=True)
     gt = {"boxes": [box(20, 20), box(60, 60), box(90, 20)], "labels": [0, 0, 1], "difficult": [False, False, False]}
     det = {"boxes": [box(20, 20), box(80, 80), box(60, 60, 4, 10, math.pi / 2)], "scores": [0.9, 0.8, 0.7], "labels": [0, 0, 0]}
     metric.add(predictions=det, references=gt)

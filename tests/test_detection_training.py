@@ -1,5 +1,5 @@
 """Proof that the detector learns: a tiny S5ForOrientedDetection trained for a few hundred steps on the synthetic
-DIOR-R and DOTA-v2 look-alikes (2 + 2 images per step, one backbone forward, as the recipe of spec 6.3) reaches a
+DIOR-R and DOTA-v2 look-alikes (2 + 2 images per step, one backbone forward, as the paper's recipe) reaches a
 clearly non-trivial rotated VOC07 mAP on held-out images, far above what the untrained model and a random-box
 detector score."""
 
@@ -13,7 +13,7 @@ from s5_hf.configuration_s5_detection import DIOR_R_CLASSES, DOTA_V2_CLASSES, S5
 from s5_hf.detection import make_fake_dior_r, make_fake_dota, read_dior_r, read_dota, rotated_voc_map
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale (spec 6.2)
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 SIZE = 64
 
@@ -85,7 +85,7 @@ def test_tiny_detector_learns_the_synthetic_look_alikes(tmp_path):
     untrained = {t: evaluate(model, data[t][1], t, 3)[0] for t in ("dior", "dota")}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     rng = np.random.default_rng(0)
-    # step decay x0.1 late in training, as the recipe's schedule (spec 6.3) does at epochs 8 and 11 of 12
+    # step decay x0.1 late in training, as the recipe's schedule does at epochs 8 and 11 of 12
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[260], gamma=0.1)
     for _ in range(320):
         model.train()

@@ -12,8 +12,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from s5_hf import S5Config, S5ForSemanticSegmentation  # noqa: E402
-from s5_hf import export as export_module  # noqa: E402
-from s5_hf.export import ExportError, OnnxSegmenter, export_onnx, main, verify_onnx  # noqa: E402
+from s5_hf.inference import export as export_module  # noqa: E402
+from s5_hf.inference.export import ExportError, OnnxSegmenter, export_onnx, main, verify_onnx  # noqa: E402
 from s5_hf.label_sets import MDF_TASKS  # noqa: E402
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64, out_indices=[1, 2, 3, 4],

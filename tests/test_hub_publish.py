@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from s5_hf import S5Config, S5ForSemanticSegmentation, S5ImageProcessor
-from s5_hf.hub import PublishError, check_dataset_folder, check_model_folder, main, publish_model, remote_code_files
+from s5_hf.hub.publish import PublishError, check_dataset_folder, check_model_folder, main, publish_model, remote_code_files
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 CODE = ["configuration_s5.py", "image_processing_s5.py", "label_sets.py", "modeling_s5.py"]
@@ -199,7 +199,7 @@ def test_republishing_a_dataset_replaces_its_shards(hub, tmp_path):
     from huggingface_hub import HfApi
 
     from s5_hf.data.shards import to_parquet_shards
-    from s5_hf.hub import publish_dataset
+    from s5_hf.hub.publish import publish_dataset
 
     path, rows = tiny_dataset_folder(tmp_path / "dataset")  # 2 shards
     publish_dataset(path, "local-user/shards")
@@ -255,7 +255,7 @@ def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lora_saved(tmp_path_factory):
-    from s5_hf.lora import add_lora_adapters
+    from s5_hf.training.lora import add_lora_adapters
 
     torch.manual_seed(0)
     config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
@@ -287,8 +287,8 @@ def test_lora_model_is_published_with_its_adapters(lora_saved, hub, tmp_path):
     from huggingface_hub import HfApi, ModelCard, snapshot_download
     from peft import PeftModel
 
-    from s5_hf.lora import S5LoRAModel
-    from s5_hf.train_loop import _publish
+    from s5_hf.training.lora import S5LoRAModel
+    from s5_hf.training.loop import _publish
 
     path, model = lora_saved
     folder = tmp_path / "run" / "model"
@@ -358,7 +358,7 @@ def test_training_publish_refuses_adapters_left_beside_the_model(lora_folder, hu
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from s5_hf.train_loop import _publish
+    from s5_hf.training.loop import _publish
 
     (lora_folder / "lora").rename(lora_folder.parent / "lora")
     with pytest.raises(PublishError, match="published without the adapters"):
@@ -377,9 +377,9 @@ GOLDEN = _TESTS / "data" / "golden" / "official-small"  # the official test vect
 @pytest.fixture
 def tiny_release(monkeypatch, tmp_path):
     """The golden official MDF checkpoint (tiny) converted, standing in for the released s5-vit-b-mdf model."""
-    from s5_hf import hub as hub_module
+    from s5_hf.hub import publish as hub_module
     from s5_hf.convert_official import convert_official_checkpoint
-    from s5_hf.model_card import ReleasedModel
+    from s5_hf.hub.cards import ReleasedModel
 
     converted = tmp_path / "converted"
     model = convert_official_checkpoint(GOLDEN / "mdf_official_state_dict.safetensors", converted,
@@ -430,7 +430,7 @@ def test_released_card_needs_the_converted_official_weights(tiny_release, tmp_pa
 def test_released_card_with_a_pinned_digest(tiny_release, monkeypatch):
     import dataclasses
 
-    from s5_hf import hub as hub_module
+    from s5_hf.hub import publish as hub_module
 
     converted, release = tiny_release
     pinned = dataclasses.replace(release, weights_sha256="0" * 64)

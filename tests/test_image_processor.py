@@ -15,7 +15,7 @@ def rgb(height=40, width=56, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def test_normalises_with_imagenet_statistics():
+def test_normalizes_with_imagenet_statistics():
     image = rgb()
     out = S5ImageProcessor(do_resize=False)(image, return_tensors="pt")["pixel_values"]
     raw = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
@@ -99,7 +99,7 @@ def test_non_8bit_images_are_refused_by_the_default_scale(dtype):
         S5ImageProcessor(do_resize=False)(image)
 
 
-def test_band_statistics_normalise_in_the_images_units_and_survive_save_pretrained(tmp_path):
+def test_band_statistics_normalize_in_the_images_units_and_survive_save_pretrained(tmp_path):
     from s5_hf.data.band_stats import compute_band_stats, processor_from_band_stats
 
     rng = np.random.default_rng(0)

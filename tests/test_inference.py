@@ -20,8 +20,8 @@ from s5_hf.inference import (
     open_scene,
     segment_file,
     segment_scene,
-    window_starts,
 )
+from s5_hf.data.patches import window_starts
 from s5_hf.label_sets import get_label_set
 
 try:
@@ -201,7 +201,7 @@ def test_png_and_tiff_outputs_hold_the_labels(model, tmp_path):
     with Image.open(result.mask) as mask:
         assert mask.mode == "P"
         np.testing.assert_array_equal(np.asarray(mask), expected)
-        assert mask.getpalette()[:15] == [c for colour in get_label_set("potsdam").palette for c in colour]
+        assert mask.getpalette()[:15] == [c for color in get_label_set("potsdam").palette for c in color]
     with Image.open(result.color) as color:
         assert color.width > 90 and color.height >= 100
         blended = np.asarray(color.convert("RGB"))[:100, :90]
@@ -307,12 +307,12 @@ def test_cli_refuses_to_write_the_mask_over_the_input_file(model_dir, tmp_path, 
     capsys.readouterr()
     painted = tmp_path / "x.png"
     Image.fromarray(rgb(64, 64, seed=13)).save(painted)
-    colour_input = tmp_path / "x_color.png"
-    Image.fromarray(rgb(64, 64, seed=14)).save(colour_input)
-    kept = colour_input.read_bytes()
-    assert cli(model_dir, colour_input, tmp_path / "x.tif", "--color", "--overwrite") == 2
+    color_input = tmp_path / "x_color.png"
+    Image.fromarray(rgb(64, 64, seed=14)).save(color_input)
+    kept = color_input.read_bytes()
+    assert cli(model_dir, color_input, tmp_path / "x.tif", "--color", "--overwrite") == 2
     assert "x_color.png" in capsys.readouterr().err
-    assert colour_input.read_bytes() == kept and not (tmp_path / "x.tif").exists()
+    assert color_input.read_bytes() == kept and not (tmp_path / "x.tif").exists()
     link.unlink()
     for name, data in before.items():
         assert (tmp_path / name).read_bytes() == data
@@ -474,7 +474,7 @@ def test_compiled_forward_agrees_with_eager_and_has_no_graph_break(model):
 
 
 def test_cli_torch_compile_flag_wraps_the_model(model_dir, tmp_path, monkeypatch):
-    import s5_hf.inference as inference
+    import s5_hf.inference.cli as inference
 
     wrapped = []
 

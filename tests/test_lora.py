@@ -1,4 +1,4 @@
-"""`training/finetune_mdf.py --lora` and `s5_hf.lora`: per-dataset PEFT LoRA adapters on a frozen S5 backbone,
+"""`training/finetune_mdf.py --lora` and `s5_hf.training.lora`: per-dataset PEFT LoRA adapters on a frozen S5 backbone,
 trained on synthetic data, saved in PEFT's format and reloaded with PEFT; resume; two processes; bad input."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.data.streams import DataSource
 from s5_hf.data.synthetic import make_fake_potsdam, make_fake_vaihingen
-from s5_hf.evaluation import evaluate_sources
-from s5_hf.lora import S5LoRAModel, add_lora_adapters
+from s5_hf.evaluation.protocols import evaluate_sources
+from s5_hf.training.lora import S5LoRAModel, add_lora_adapters
 
 from test_training import ISPRS_64, ROOT, TINY, finetune, records
 
@@ -142,8 +142,8 @@ DDP_SCRIPT = """
 import torch
 from accelerate import Accelerator
 from s5_hf import S5Config, S5ForSemanticSegmentation
-from s5_hf.lora import add_lora_adapters
-from s5_hf.losses import mdf_losses
+from s5_hf.training.lora import add_lora_adapters
+from s5_hf.training.losses import mdf_losses
 
 tasks = ["vaihingen", "potsdam"]
 accelerator = Accelerator(cpu=True)

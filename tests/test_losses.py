@@ -1,4 +1,4 @@
-"""Tests of s5_hf.losses against hand-computed values and independent per-pixel loops."""
+"""Tests of s5_hf.training.losses against hand-computed values and independent per-pixel loops."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s5_hf.losses import (
+from s5_hf.training.losses import (
     cutmix_pseudo_labels, fixmatch_unlabeled_loss, masked_cross_entropy, mdf_losses, s4p_losses, valid_share,
 )
 

@@ -1,4 +1,4 @@
-"""Tests of s5_hf.metrics and the local `evaluate` module: hand-computed scores, an independent per-pixel count,
+"""Tests of s5_hf.evaluation.metrics and the local `evaluate` module: hand-computed scores, an independent per-pixel count,
 the ignore rules, the reproduction of the official ISPRS inflation, two-process reduction and the PNG plot."""
 
 import json
@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from s5_hf.label_sets import VOID_ID
-from s5_hf.metrics import (
+from s5_hf.evaluation.metrics import (
     EVALUATE_METRIC_SCRIPT,
     ConfusionMatrix,
     official_scores,
@@ -308,9 +308,9 @@ def test_confusion_matrix_png(tmp_path):
     cm.update(torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]))  # rows 0 and 1 fully correct, row 2 empty
     path = save_confusion_matrix_png(cm, None, tmp_path / "plots" / "cm.png", title="toy")
     image = np.asarray(Image.open(path).convert("RGB"))
-    colours = {tuple(c) for c in image.reshape(-1, 3)}
-    assert (8, 48, 107) in colours  # 100 % cells
-    assert (200, 200, 200) in colours  # the empty target row
+    colors = {tuple(c) for c in image.reshape(-1, 3)}
+    assert (8, 48, 107) in colors  # 100 % cells
+    assert (200, 200, 200) in colors  # the empty target row
     assert image.shape[1] > 3 * 56 and image.shape[0] > 3 * 56
     with pytest.raises(ValueError, match="square"):
         save_confusion_matrix_png(np.zeros((2, 3)), ["a", "b"], tmp_path / "bad.png")
@@ -336,7 +336,7 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
             raise OSError("network access attempted")
 
         socket.socket.connect = socket.socket.connect_ex = socket.create_connection = socket.getaddrinfo = refuse
-        from s5_hf.metrics import load_evaluate_metric
+        from s5_hf.evaluation.metrics import load_evaluate_metric
 
         data = json.load(open(sys.argv[1]))
         metric = load_evaluate_metric(keep_in_memory=True)

@@ -9,14 +9,14 @@ import yaml
 from huggingface_hub import ModelCard
 
 from s5_hf import S5Config
-from s5_hf.model_card import (
+from s5_hf.hub.cards import (
     RELEASED_MODELS,
     build_model_card,
     main,
     released_card,
     validate_card_text,
 )
-from s5_hf.params import count_parameters
+from s5_hf.hub.params import count_parameters
 
 CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
@@ -32,9 +32,9 @@ def rendered() -> dict[str, str]:
 
 def test_committed_cards_equal_a_fresh_render(rendered):
     committed = {p.stem: p.read_text() for p in CARDS.glob("s5-*.md")}
-    assert sorted(committed) == sorted(rendered), "run: python -m s5_hf.model_card --out model_cards/"
+    assert sorted(committed) == sorted(rendered), "run: python -m s5_hf.hub.cards --out model_cards/"
     for name, text in rendered.items():
-        assert committed[name] == text, f"{name}.md is stale; run: python -m s5_hf.model_card --out model_cards/"
+        assert committed[name] == text, f"{name}.md is stale; run: python -m s5_hf.hub.cards --out model_cards/"
 
 
 def test_check_mode_detects_stale_cards(tmp_path):

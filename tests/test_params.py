@@ -1,10 +1,10 @@
-"""Full-size parameter counts on the meta device equal the paper's (spec section 1.4)."""
+"""Full-size parameter counts on the meta device equal the paper's."""
 
 import pytest
 
-from s5_hf.params import PAPER_MILLIONS, count_parameters, official_equivalent
+from s5_hf.hub.params import PAPER_MILLIONS, count_parameters, official_equivalent
 
-# Exact totals of the official implementation built on CPU (spec 1.4), incl. its unused parameters.
+# Exact totals of the official implementation built on CPU, incl. its unused parameters.
 OFFICIAL = {
     ("vit-b", "single"): 103_158_289, ("vit-b", "multiple"): 160_402_206, ("vit-b", "shared"): 132_081_438,
     ("vit-l", "single"): 327_427_345, ("vit-l", "multiple"): 435_012_126, ("vit-l", "shared"): 359_496_222,
@@ -24,7 +24,7 @@ def test_counts_are_within_0_1m_of_the_paper(preset, variant):
 
 
 def test_script_prints_the_table(capsys):
-    from s5_hf.params import main
+    from s5_hf.hub.params import main
 
     assert main([]) == 0
     out = capsys.readouterr().out
@@ -35,7 +35,7 @@ def test_script_prints_the_table(capsys):
 
 
 def test_help_prints_usage_not_the_table(capsys):
-    from s5_hf.params import main
+    from s5_hf.hub.params import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.data.streams import TrainStream, process_part
-from s5_hf.evaluation import EvalProtocol, FlipAveraged, evaluate_task, predict_labels, protocol_for
+from s5_hf.evaluation.protocols import EvalProtocol, FlipAveraged, evaluate_task, predict_labels, protocol_for
 from s5_hf.image_processing_s5 import S5ImageProcessor
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 32,

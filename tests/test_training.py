@@ -20,13 +20,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from s5_hf import S5Config, S5ForSemanticSegmentation
-from s5_hf.augment import LabeledTransform
+from s5_hf.training.augment import LabeledTransform
 from s5_hf.data import to_parquet_shards
 from s5_hf.data.streams import DataSource, TrainStream
 from s5_hf.data.synthetic import (
     make_fake_isaid, make_fake_potsdam, make_fake_unlabeled_pool, make_fake_vaihingen,
 )
-from s5_hf.evaluation import evaluate_sources
+from s5_hf.evaluation.protocols import evaluate_sources
 from hub_server import LocalHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,9 +271,9 @@ def test_a_head_with_another_class_count_is_refused(data, tmp_path):
 
 
 def test_nan_loss_stops_and_leaves_only_good_checkpoints(data, tmp_path, monkeypatch):
-    import s5_hf.losses
+    import s5_hf.training.losses
 
-    real = s5_hf.losses.masked_cross_entropy
+    real = s5_hf.training.losses.masked_cross_entropy
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -281,7 +281,7 @@ def test_nan_loss_stops_and_leaves_only_good_checkpoints(data, tmp_path, monkeyp
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(s5_hf.losses, "masked_cross_entropy", poisoned)
+    monkeypatch.setattr(s5_hf.training.losses, "masked_cross_entropy", poisoned)
     out = tmp_path / "run"
     with pytest.raises(FloatingPointError, match="Step 3: non-finite loss"):
         pretrain.main(s4p_args(data, out, "--max_train_steps", "5", "--checkpointing_steps", "1", "--eval_steps", "0",
@@ -313,7 +313,7 @@ def test_argument_errors_name_the_problem(data, tmp_path):
 def test_layer_decay_scales_each_block():
     from argparse import Namespace
 
-    from s5_hf.train_loop import make_optimizer
+    from s5_hf.training.loop import make_optimizer
 
     model = S5ForSemanticSegmentation(S5Config(**TINY, tasks=["potsdam"]))
     args = Namespace(learning_rate=1.0, layer_decay=0.5, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999)
@@ -338,7 +338,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def test_an_output_folder_of_another_run_is_refused_or_replaced(data, tmp_path):
     from s5_hf.files import read_manifest
-    from s5_hf.train_loop import list_checkpoints, resolve_checkpoint
+    from s5_hf.training.loop import list_checkpoints, resolve_checkpoint
 
     out = tmp_path / "run"
     pretrain.main(quick_s4p(data, out, 3))
@@ -374,7 +374,7 @@ def test_an_output_folder_of_another_run_is_refused_or_replaced(data, tmp_path):
 
 # ---- checkpoint integrity (issue 16) -------------------------------------------------------------------------------
 def test_a_checkpoint_that_fails_its_integrity_record_is_refused(data, tmp_path):
-    from s5_hf.train_loop import verify_checkpoint
+    from s5_hf.training.loop import verify_checkpoint
 
     out = tmp_path / "run"
     pretrain.main(quick_s4p(data, out, 2))
@@ -400,7 +400,7 @@ def test_model_folder_is_never_missing_or_half_written(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
     from s5_hf.image_processing_s5 import S5ImageProcessor
-    from s5_hf.train_loop import save_model_folder
+    from s5_hf.training.loop import save_model_folder
 
     accelerator = Accelerator(cpu=True)
     model = S5ForSemanticSegmentation(S5Config(**TINY, tasks=["potsdam"]))
@@ -446,7 +446,7 @@ class OneProcess:
 
 
 def test_metrics_log_appends_and_writes_null_for_nan(tmp_path):
-    from s5_hf.train_loop import MetricsLog
+    from s5_hf.training.loop import MetricsLog
 
     log = MetricsLog(OneProcess(), tmp_path)
     log.log(1, {"loss": 0.5, "potsdam/official_mF1": float("nan")})
@@ -463,7 +463,7 @@ def test_metrics_log_appends_and_writes_null_for_nan(tmp_path):
 def test_void_guard_warns_then_stops(caplog):
     from accelerate import PartialState
 
-    from s5_hf.train_loop import VoidGuard
+    from s5_hf.training.loop import VoidGuard
 
     PartialState(cpu=True)  # accelerate's logger needs its state
     guard = VoidGuard(OneProcess(), max_steps=3)
@@ -519,7 +519,7 @@ def test_mdf_keeps_the_best_scoring_steps_model(data, tmp_path, monkeypatch):
 
 
 def test_s4p_decays_every_parameter_and_mdf_has_no_layer_decay_by_default(data, tmp_path):
-    from s5_hf.train_loop import make_optimizer
+    from s5_hf.training.loop import make_optimizer
 
     s4p = pretrain.parse_args(s4p_args(data, tmp_path))
     model = pretrain.build_model(s4p, "isaid")
@@ -538,7 +538,7 @@ def test_launched_processes_that_do_not_form_one_group_are_stopped(tmp_path, mon
     # Issue 22: without CUDA, `accelerate launch --multi_gpu` processes each saw a one-process state (two rank 0s,
     # colliding on the output folder). make_accelerator asks for the CPU back-end (the real launch is
     # test_two_processes_match_one); if the group still does not match the launch, it stops and says what to use.
-    from s5_hf import train_loop
+    from s5_hf.training import loop as train_loop
 
     requested = {}
 
@@ -562,7 +562,7 @@ def test_bf16_without_native_support_falls_back_to_fp32(data, tmp_path, monkeypa
     """--mixed_precision bf16 on a CPU without AVX-512 BF16/AMX (bf16 matmuls ~500x slower there) trains in fp32
     and says so with the measured factor, instead of running the slow path in silence."""
     from s5_hf import precision
-    from s5_hf.train_loop import make_accelerator
+    from s5_hf.training.loop import make_accelerator
 
     monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2", "fma"})
     args = finetune.parse_args(mdf_args(data, tmp_path / "run", "--mixed_precision", "bf16"))

@@ -1,4 +1,4 @@
-"""Oriented object detection: fine-tune S5 on DIOR-R and DOTA-v2 at once (spec section 6.3).
+"""Oriented object detection: fine-tune S5 on DIOR-R and DOTA-v2 at once (the paper's detection recipe).
 
     accelerate launch training/finetune_detection.py --model_name_or_path runs/s4p-vit-b/model \
         --dior_root /data/DIOR-R --dota_root /data/DOTA-v2 --output_dir runs/det-vit-b
@@ -13,7 +13,7 @@ and 11 of 12 (an epoch = the longer dataset once), mixed precision from `acceler
 --image_size on the long side (DIOR-R 800 -> 1024), padded to a square, flipped horizontally and vertically
 (p = 0.5 each); DOTA-v2 training patches are 1024 px with 200 px overlap, empty ones dropped.
 Evaluation: the DIOR-R test mAP (VOC07 11-point, IoU 0.5) after every epoch, written to `metrics.jsonl`.
-The output folder behaves as segmentation's (`s5_hf.train_loop`): one run per folder (`RunFolder`: a manifest
+The output folder behaves as segmentation's (`s5_hf.training.loop`): one run per folder (`RunFolder`: a manifest
 of what the run wrote; a folder of another run or program is refused, `--overwrite_output_dir` deletes only what
 the earlier run wrote), metrics appended to `metrics.jsonl` (`MetricsLog`, no NaN), checkpoints
 (`checkpoint-<step>`, every --checkpointing_steps, the last --keep_checkpoints kept) holding the accelerate state
@@ -40,7 +40,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from s5_hf import files
-from s5_hf.train_loop import MetricsLog, RunFolder, list_checkpoints, resolve_checkpoint, verify_checkpoint, \
+from s5_hf.training.loop import MetricsLog, RunFolder, list_checkpoints, resolve_checkpoint, verify_checkpoint, \
     write_integrity_record
 from s5_hf.configuration_s5_detection import DIOR_R_CLASSES, DOTA_V2_CLASSES, S5DetectionConfig
 from s5_hf.detection import read_dior_r, read_dota, rotated_voc_map
@@ -48,7 +48,7 @@ from s5_hf.image_processing_s5_detection import S5DetectionImageProcessor
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 from s5_hf.obb_geometry import regularize_obb
 
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale (spec 6.2)
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
 
@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.per_dataset_batch < 1:
         p.error(f"--per_dataset_batch must be at least 1, got {args.per_dataset_batch}")
     if args.push_to_hub and args.hub_model_id:
-        from s5_hf.hub import PublishError, check_repo_id
+        from s5_hf.hub.publish import PublishError, check_repo_id
 
         try:  # found before training, not after hours of it
             check_repo_id(args.hub_model_id)
@@ -289,7 +289,7 @@ def save_checkpoint(accelerator, output: Path, step: int, keep: int, run: RunFol
 
 def push(accelerator, args, history: list[dict], run: RunFolder, num_test: int) -> str | None:
     """Publish `<output_dir>/model` with a card carrying the last DIOR-R test mAP this run measured."""
-    from s5_hf.detection.publish import (PublishError, build_detection_card, detection_eval_result,
+    from s5_hf.hub.detection import (PublishError, build_detection_card, detection_eval_result,
                                          publish_detection_model)
 
     url = None

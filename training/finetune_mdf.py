@@ -1,4 +1,4 @@
-"""MoE-MDF: multi-dataset fine-tuning of S5 with per-dataset FFN experts and decoders (spec section 3).
+"""MoE-MDF: multi-dataset fine-tuning of S5 with per-dataset FFN experts and decoders (the paper's MoE-MDF).
 
     accelerate launch training/finetune_mdf.py --model_name_or_path runs/s4p-vit-b/model \
         --train_datasets vaihingen=/data/Vaihingen potsdam=/data/Potsdam \
@@ -21,7 +21,7 @@ validation split, as the paper. `--max_eval_samples` caps both and is recorded w
 Defaults are the official run's: crop 512, batch 12 per dataset and process, AdamW lr 5e-5, weight decay 0.05,
 cosine schedule, no layer decay (configured but not applied by the official optimiser).
 
-`--lora` trains PEFT LoRA adapters instead of experts (`s5_hf.lora`): the model has no experts
+`--lora` trains PEFT LoRA adapters instead of experts (`s5_hf.training.lora`): the model has no experts
 (`--part_features` is ignored), every dataset gets a LoRA adapter named after it on the encoder's linear layers
 (`--lora_target_modules`, default attention q/k/v/o and FFN fc1/fc2; `--lora_r`, `--lora_alpha`,
 `--lora_dropout`), the backbone's own weights stay frozen and only adapters, decoders and classifiers train. Each
@@ -49,14 +49,14 @@ import torch
 
 from s5_hf import S5Config, S5ForSemanticSegmentation, files
 from s5_hf.image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
-from s5_hf.augment import LabeledTransform
+from s5_hf.training.augment import LabeledTransform
 from s5_hf.data.band_stats import RawUnitsTransform, compute_band_stats, processor_from_band_stats
 from s5_hf.data.folders import CheckedMasks
 from s5_hf.data.streams import DataSource, TrainStream, process_part, read_id2label
-from s5_hf.evaluation import evaluate_sources
+from s5_hf.evaluation.protocols import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
-from s5_hf.losses import mdf_losses
-from s5_hf.train_loop import (
+from s5_hf.training.losses import mdf_losses
+from s5_hf.training.loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments, make_accelerator,
     prepare_training, push_to_hub, run_training,
 )
@@ -215,7 +215,7 @@ def model_bands(args: argparse.Namespace) -> int:
     return int(overrides.get("num_channels", 3)) if isinstance(overrides, dict) else 3
 
 
-def data_normalisation(args: argparse.Namespace, num_channels: int):
+def data_normalization(args: argparse.Namespace, num_channels: int):
     """(processor to save with the model or None for the default 8-bit RGB one, mean, std, raw_units).
 
     Benchmarks and 8-bit RGB folders use the ImageNet statistics on [0, 1]. Folders of other bands or dtypes get
@@ -291,7 +291,7 @@ def only_new_tasks(model: S5ForSemanticSegmentation, args: argparse.Namespace) -
 
 def build_lora_model(args: argparse.Namespace):
     """The model without experts (as `build_model` with part_features=0) with one LoRA adapter per dataset."""
-    from s5_hf.lora import DEFAULT_TARGET_MODULES, add_lora_adapters
+    from s5_hf.training.lora import DEFAULT_TARGET_MODULES, add_lora_adapters
 
     model = build_model(argparse.Namespace(**{**vars(args), "lora": False, "part_features": 0}))
     return add_lora_adapters(model, args.lora_target_modules or DEFAULT_TARGET_MODULES, r=args.lora_r,
@@ -301,7 +301,7 @@ def build_lora_model(args: argparse.Namespace):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     # Data checks and band statistics come first: a bad dataset stops the run before its output folder exists.
-    processor, mean, std, raw_units = data_normalisation(args, model_bands(args))
+    processor, mean, std, raw_units = data_normalization(args, model_bands(args))
     args.image_processor = processor  # saved with the model (train_loop.run_training)
     scored = sorted(n for n in args.sources if args.validation_splits[n] or args.test_splits[n])
     if raw_units and scored:

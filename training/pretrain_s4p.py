@@ -1,4 +1,4 @@
-"""S4P: semi-supervised segmentation pretraining of S5 (FixMatch/UniMatch form, spec section 2).
+"""S4P: semi-supervised segmentation pretraining of S5 (FixMatch/UniMatch form, as in the paper).
 
     accelerate launch training/pretrain_s4p.py \
         --labeled isaid=/data/iSAID --unlabeled rs4p=/data/rs4p-1m --output_dir runs/s4p-vit-b
@@ -10,7 +10,7 @@ takes u_mix's pseudo-labels). loss_u = CE on the strong view where confidence >=
 total = (loss_x + loss_u) / 2. AdamW (lr 5e-5, weight decay 0.01 on every parameter), cosine to 0.
 
 The defaults are the official run's (crop 512, batch 12 + 12 per process, 120k steps, validation every 2000).
-No EMA teacher, no rotation: as the official code (spec section 7). Unlike it, the CutMix partner is an independent
+No EMA teacher, no rotation: as the official code. Unlike it, the CutMix partner is an independent
 draw on every process. Data sources: see `s5_hf.data.streams` (benchmark layouts, Parquet shard folders, Hub ids).
 """
 
@@ -24,12 +24,12 @@ import sys
 import torch
 
 from s5_hf import S5ForSemanticSegmentation
-from s5_hf.augment import LabeledTransform, UnlabeledTransform
+from s5_hf.training.augment import LabeledTransform, UnlabeledTransform
 from s5_hf.data.streams import DataSource, TrainStream, process_part, read_id2label
-from s5_hf.evaluation import evaluate_sources
+from s5_hf.evaluation.protocols import evaluate_sources
 from s5_hf.label_sets import LABEL_SETS
-from s5_hf.losses import s4p_losses
-from s5_hf.train_loop import (
+from s5_hf.training.losses import s4p_losses
+from s5_hf.training.loop import (
     add_common_arguments, add_model_arguments, check_task_classes, config_from_arguments,
     make_accelerator, prepare_training, push_to_hub, run_training,
 )

@@ -153,7 +153,7 @@ def read_index_mask(path: str | os.PathLike) -> np.ndarray:
     raise DataFileError(path, f"unsupported label mode {image.mode!r}; expected a single-band 8-bit label image")
 
 
-def read_colour_mask(path: str | os.PathLike) -> np.ndarray:
+def read_color_mask(path: str | os.PathLike) -> np.ndarray:
     """A colour-coded label file as an (H, W, 3) uint8 array of colours."""
     image = open_image(path)
     if image.mode == "RGB":
@@ -163,14 +163,14 @@ def read_colour_mask(path: str | os.PathLike) -> np.ndarray:
     raise DataFileError(path, f"unsupported colour label mode {image.mode!r}; expected an RGB colour-coded label image")
 
 
-def _pack(colours: np.ndarray) -> np.ndarray:
-    colours = colours.astype(np.uint32)
-    return (colours[..., 0] << 16) | (colours[..., 1] << 8) | colours[..., 2]
+def _pack(colors: np.ndarray) -> np.ndarray:
+    colors = colors.astype(np.uint32)
+    return (colors[..., 0] << 16) | (colors[..., 1] << 8) | colors[..., 2]
 
 
-def colours_to_ids(
-    colours: np.ndarray,
-    colour_to_id: Mapping[tuple[int, int, int], int],
+def colors_to_ids(
+    colors: np.ndarray,
+    color_to_id: Mapping[tuple[int, int, int], int],
     path: str | os.PathLike,
     unknown: str = "raise",
 ) -> np.ndarray:
@@ -182,22 +182,22 @@ def colours_to_ids(
         unknown: ``"raise"`` (default): any other colour is a `DataFileError` listing each unknown colour
             and its pixel count. ``"void"``: such pixels become 255, and a warning lists them.
     """
-    packed = _pack(colours)
+    packed = _pack(colors)
     ids = np.full(packed.shape, VOID_ID, dtype=np.uint8)
     matched = np.zeros(packed.shape, dtype=bool)
-    for colour, class_id in colour_to_id.items():
-        hit = packed == int(_pack(np.asarray(colour, dtype=np.uint8)))
+    for color, class_id in color_to_id.items():
+        hit = packed == int(_pack(np.asarray(color, dtype=np.uint8)))
         ids[hit] = class_id
         matched |= hit
     if not matched.all():
-        found = describe_unknown_colours(packed[~matched])
+        found = describe_unknown_colors(packed[~matched])
         if unknown == "raise":
             raise DataFileError(path, f"unknown label colours (colour x pixel count): {found}")
         logger.warning("%s: unknown label colours set to void (%d) as unknown='void' asks: %s", path, VOID_ID, found)
     return ids
 
 
-def describe_unknown_colours(packed: np.ndarray, limit: int = 10) -> str:
+def describe_unknown_colors(packed: np.ndarray, limit: int = 10) -> str:
     """'(r, g, b) x count' for the most frequent of the given packed colours."""
     values, counts = np.unique(packed, return_counts=True)
     order = np.argsort(-counts, kind="stable")[:limit]
@@ -227,12 +227,12 @@ def decode_mask_bytes(data: bytes) -> np.ndarray:
 __all__ = [
     "DataFileError",
     "MAX_PIXELS",
-    "colours_to_ids",
+    "colors_to_ids",
     "decode_mask_bytes",
     "encode_png",
     "open_image",
     "pixel_format_problem",
-    "read_colour_mask",
+    "read_color_mask",
     "read_index_mask",
     "read_rgb",
     "stored_format",

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..label_sets import get_label_set
 from .base import BenchmarkReader, Tile, file_stamp, missing_files_error
-from .images import colours_to_ids, read_colour_mask
+from .images import colors_to_ids, read_color_mask
 
 MASK_SUFFIX = "_instance_color_RGB.png"
 #: Where a scene's semantic mask is looked for, relative to ``<root>/<split>``, in this order: the layout of
@@ -59,11 +59,11 @@ class ISAIDReader(BenchmarkReader):
         "      also accepted beside the images in <root>/{train,val}/images/)"
     )
 
-    def __init__(self, root: str | os.PathLike, *, unknown_colour: Literal["raise", "void"] = "raise", **kwargs):
+    def __init__(self, root: str | os.PathLike, *, unknown_color: Literal["raise", "void"] = "raise", **kwargs):
         super().__init__(root, **kwargs)
-        if unknown_colour not in ("raise", "void"):
-            raise ValueError(f"unknown_colour must be 'raise' or 'void', got {unknown_colour!r}")
-        self.unknown_colour = unknown_colour
+        if unknown_color not in ("raise", "void"):
+            raise ValueError(f"unknown_colour must be 'raise' or 'void', got {unknown_color!r}")
+        self.unknown_color = unknown_color
 
     def tiles(self, split: str) -> list[Tile]:
         split = self.check_split(split)
@@ -85,8 +85,8 @@ class ISAIDReader(BenchmarkReader):
 
     def read_mask(self, path: Path) -> np.ndarray:
         palette = get_label_set("isaid").palette
-        colour_to_id = {colour: class_id for class_id, colour in enumerate(palette)}
-        return colours_to_ids(read_colour_mask(path), colour_to_id, path, self.unknown_colour)
+        color_to_id = {color: class_id for class_id, color in enumerate(palette)}
+        return colors_to_ids(read_color_mask(path), color_to_id, path, self.unknown_color)
 
 
 __all__ = ["ISAIDReader", "MASK_FOLDERS", "MASK_SUFFIX"]

@@ -19,12 +19,12 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..label_sets import ISPRS_CLUTTER_COLOUR, ISPRS_PALETTE, VOID_ID
+from ..label_sets import ISPRS_CLUTTER_COLOR, ISPRS_PALETTE, VOID_ID
 from .base import BenchmarkReader, Tile, file_stamp, missing_files_error
-from .images import DataFileError, colours_to_ids, read_colour_mask
+from .images import DataFileError, colors_to_ids, read_color_mask
 
 CLUTTER_ID = 5
-BOUNDARY_COLOUR = (0, 0, 0)
+BOUNDARY_COLOR = (0, 0, 0)
 
 
 def official_split(dataset: str, split: str) -> list[str]:
@@ -65,14 +65,14 @@ class IsprsReader(BenchmarkReader):
         root: str | os.PathLike,
         *,
         eroded: bool = False,
-        unknown_colour: Literal["raise", "void"] = "raise",
+        unknown_color: Literal["raise", "void"] = "raise",
         **kwargs,
     ):
         super().__init__(root, **kwargs)
-        if unknown_colour not in ("raise", "void"):
-            raise ValueError(f"unknown_colour must be 'raise' or 'void', got {unknown_colour!r}")
+        if unknown_color not in ("raise", "void"):
+            raise ValueError(f"unknown_colour must be 'raise' or 'void', got {unknown_color!r}")
         self.eroded = eroded
-        self.unknown_colour = unknown_colour
+        self.unknown_color = unknown_color
 
     def image_name(self, stem: str) -> str:
         raise NotImplementedError
@@ -98,14 +98,14 @@ class IsprsReader(BenchmarkReader):
         return [Tile(stem, image, label, file_stamp(image, label)) for stem, image, label in pairs]
 
     def read_mask(self, path: Path) -> np.ndarray:
-        colour_to_id = {colour: class_id for class_id, colour in enumerate(ISPRS_PALETTE)}
-        colour_to_id[ISPRS_CLUTTER_COLOUR] = CLUTTER_ID
+        color_to_id = {color: class_id for class_id, color in enumerate(ISPRS_PALETTE)}
+        color_to_id[ISPRS_CLUTTER_COLOR] = CLUTTER_ID
         if self.eroded:
-            colour_to_id[BOUNDARY_COLOUR] = VOID_ID
+            color_to_id[BOUNDARY_COLOR] = VOID_ID
         try:
-            return colours_to_ids(read_colour_mask(path), colour_to_id, path, self.unknown_colour)
+            return colors_to_ids(read_color_mask(path), color_to_id, path, self.unknown_color)
         except DataFileError as error:
-            if not self.eroded and str(BOUNDARY_COLOUR) in error.problem:
+            if not self.eroded and str(BOUNDARY_COLOR) in error.problem:
                 raise DataFileError(
                     path,
                     error.problem + ". Black marks boundary pixels only in the eroded (noBoundary) ground truth; "

@@ -654,8 +654,8 @@ def _card_markdown(
         lines += ["", "## Classes", "", f"Label set `{label_set.name}`: {label_set.num_classes} classes.", ""]
         lines += ["| id | class | colour (RGB) |", "|---|---|---|"]
         for class_id, name in label_set.id2label.items():
-            colour = label_set.palette[class_id] if class_id < len(label_set.palette) else ""
-            lines.append(f"| {class_id} | {name} | {colour} |")
+            color = label_set.palette[class_id] if class_id < len(label_set.palette) else ""
+            lines.append(f"| {class_id} | {name} | {color} |")
         lines += ["", "## Ignored ids", "", "| id | meaning |", "|---|---|"]
         for class_id, name in label_set.extra_ids.items():
             lines.append(f"| {class_id} | {name} (in the labels, ignored by loss and metrics) |")

@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 
 from .folders import LabeledFolder, is_labeled_folder, read_id2label
 from .registry import BENCHMARKS, HELDOUT, TRAIN_MINUS_HELDOUT, load_benchmark, stage_splits
-from ..augment import sample_generator
+from ..training.augment import sample_generator
 
 
 @dataclass(frozen=True)

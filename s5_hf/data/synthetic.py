@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, TiffImagePlugin, TiffTags
 
-from ..label_sets import ISPRS_CLUTTER_COLOUR, ISPRS_PALETTE, VOID_ID, get_label_set
+from ..label_sets import ISPRS_CLUTTER_COLOR, ISPRS_PALETTE, VOID_ID, get_label_set
 from .isprs import official_split
 
 #: Number of classes drawn in each fake dataset (ISPRS: the 5 classes + clutter).
@@ -43,10 +43,10 @@ class FakeSample:
     mask: np.ndarray
 
 
-def class_colours(num_classes: int) -> np.ndarray:
+def class_colors(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8 image colour of each class: evenly spaced hues, alternating brightness."""
-    colours = [colorsys.hsv_to_rgb(k / num_classes, 0.85, 0.95 if k % 2 == 0 else 0.55) for k in range(num_classes)]
-    return np.round(np.array(colours) * 255).astype(np.uint8)
+    colors = [colorsys.hsv_to_rgb(k / num_classes, 0.85, 0.95 if k % 2 == 0 else 0.55) for k in range(num_classes)]
+    return np.round(np.array(colors) * 255).astype(np.uint8)
 
 
 def _rng(name: str, stem: str, seed: int) -> np.random.Generator:
@@ -80,9 +80,9 @@ def _scene(
 
 def _render(rng: np.random.Generator, ids: np.ndarray, num_classes: int) -> np.ndarray:
     """Image of a scene: each class's colour plus Gaussian noise; void pixels are black (no data)."""
-    colours = np.concatenate([class_colours(num_classes), np.zeros((256 - num_classes, 3), np.uint8)])
+    colors = np.concatenate([class_colors(num_classes), np.zeros((256 - num_classes, 3), np.uint8)])
     noise = rng.normal(0.0, _NOISE_STD, ids.shape + (3,))
-    return np.clip(colours[ids].astype(np.float64) + noise, 0, 255).astype(np.uint8)
+    return np.clip(colors[ids].astype(np.float64) + noise, 0, 255).astype(np.uint8)
 
 
 def boundary(ids: np.ndarray) -> np.ndarray:
@@ -133,10 +133,10 @@ def fake_sample(name: str, tile_id: str, size: int = 64, seed: int = 0, *, erode
     return FakeSample(_render(rng, ids, num_classes), ids)
 
 
-def _colour_code(ids: np.ndarray, colour_of: dict[int, tuple[int, int, int]]) -> np.ndarray:
+def _color_code(ids: np.ndarray, color_of: dict[int, tuple[int, int, int]]) -> np.ndarray:
     table = np.zeros((256, 3), dtype=np.uint8)
-    for class_id, colour in colour_of.items():
-        table[class_id] = colour
+    for class_id, color in color_of.items():
+        table[class_id] = color
     return table[ids]
 
 
@@ -162,14 +162,14 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 def _make_fake_isprs(name: str, root: Path, size: int, seed: int, dirs: tuple[str, str, str], names) -> Path:
     image_dir, label_dir, eroded_dir = dirs
     pixel_size, epsg = _GEO[name]
-    colours = dict(enumerate(ISPRS_PALETTE)) | {5: ISPRS_CLUTTER_COLOUR, VOID_ID: (0, 0, 0)}
+    colors = dict(enumerate(ISPRS_PALETTE)) | {5: ISPRS_CLUTTER_COLOR, VOID_ID: (0, 0, 0)}
     for stem in official_split(name, "train") + official_split(name, "test"):
         image_name, label_name, eroded_name = names(stem)
         full = fake_sample(name, stem, size, seed)
         eroded = fake_sample(name, stem, size, seed, eroded=True)
         write_geotiff(root / image_dir / image_name, full.image, pixel_size, epsg)
-        write_geotiff(root / label_dir / label_name, _colour_code(full.mask, colours), pixel_size, epsg)
-        write_geotiff(root / eroded_dir / eroded_name, _colour_code(eroded.mask, colours), pixel_size, epsg)
+        write_geotiff(root / label_dir / label_name, _color_code(full.mask, colors), pixel_size, epsg)
+        write_geotiff(root / eroded_dir / eroded_name, _color_code(eroded.mask, colors), pixel_size, epsg)
     return root
 
 
@@ -252,7 +252,7 @@ def make_fake_isaid(
     colour-coded semantic masks ``<split>/Semantic_masks/images/P<nnnn>_instance_color_RGB.png`` and, as in
     the release, instance-id masks ``P<nnnn>_instance_id_RGB.png`` beside them (not read)."""
     root = Path(root)
-    colours = dict(enumerate(get_label_set("isaid").palette))
+    colors = dict(enumerate(get_label_set("isaid").palette))
     number = 0
     for split, count in zip(("train", "val"), num_images, strict=True):
         for _ in range(count):
@@ -260,7 +260,7 @@ def make_fake_isaid(
             sample = fake_sample("isaid", stem, size, seed)
             _write_png(root / split / "images" / f"{stem}.png", sample.image)
             masks = root / split / "Semantic_masks" / "images"
-            _write_png(masks / f"{stem}_instance_color_RGB.png", _colour_code(sample.mask, colours))
+            _write_png(masks / f"{stem}_instance_color_RGB.png", _color_code(sample.mask, colors))
             instance = np.stack([sample.mask, np.zeros_like(sample.mask), np.zeros_like(sample.mask)], axis=-1)
             _write_png(masks / f"{stem}_instance_id_RGB.png", instance)
             number += 1
@@ -385,7 +385,7 @@ __all__ = [
     "make_fake_labeled_folder",
     "write_multiband_geotiff",
     "boundary",
-    "class_colours",
+    "class_colors",
     "fake_sample",
     "make_fake_isaid",
     "make_fake_loveda",

@@ -1,4 +1,4 @@
-"""DIOR-R reader: 800 x 800 optical images, oriented boxes in VOC-style XML (spec 6.2).
+"""DIOR-R reader: 800 x 800 optical images, oriented boxes in VOC-style XML.
 
 Layout (as distributed): `JPEGImages-trainval/<id>.jpg`, `JPEGImages-test/<id>.jpg` (a single `JPEGImages/`
 folder works too), `Annotations/Oriented Bounding Boxes/<id>.xml` (or `Annotations/<id>.xml`) and

@@ -1,4 +1,4 @@
-"""DOTA-v2: label files, 1024-px patches with 200 px overlap, patch-result merging, server output (spec 6.2).
+"""DOTA-v2: label files, 1024-px patches with 200 px overlap, patch-result merging, server output.
 
 Layout: `<split>/images/<id>.png` and `<split>/labelTxt/<id>.txt` with lines `x1 y1 x2 y2 x3 y3 x4 y4 class
 difficult` (leading `imagesource:`/`gsd:` lines are skipped). Patching: windows every `patch_size - overlap`

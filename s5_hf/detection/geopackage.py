@@ -17,7 +17,7 @@ import numpy as np
 
 from ..files import atomic_path
 
-APPLICATION_ID = 0x47504B47  # "GPKG" (spec 1.1.1.1.1)
+APPLICATION_ID = 0x47504B47  # "GPKG" (OGC GeoPackage standard, requirement 2)
 USER_VERSION = 10300  # GeoPackage 1.3.0
 UNDEFINED_CARTESIAN = -1  # the spec's srs_id for coordinates without a CRS (here: scene pixels)
 CUSTOM_SRS_ID = 100000  # a CRS without an EPSG code gets an id of its own

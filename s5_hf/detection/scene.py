@@ -27,7 +27,7 @@ import torch
 
 from ..data.patches import window_starts
 from ..files import write_text
-from ..inference import open_scene
+from ..inference.scenes import open_scene
 from ..obb_geometry import obb_to_corners
 from .dota import merge_patch_detections
 from .geopackage import write_geopackage

@@ -45,8 +45,8 @@ def synthetic_scene(
         if boxes and obb_iou(box, torch.tensor(boxes, dtype=torch.float64)).max() > 0:
             continue
         label = int(rng.integers(num_classes))
-        colour = _PALETTE[label % len(_PALETTE)]
-        draw.polygon([tuple(p) for p in obb_to_corners(box[0]).tolist()], fill=colour)
+        color = _PALETTE[label % len(_PALETTE)]
+        draw.polygon([tuple(p) for p in obb_to_corners(box[0]).tolist()], fill=color)
         boxes.append(regularize_obb(box)[0].tolist())
         labels.append(label)
     return np.asarray(image), np.asarray(boxes, np.float32).reshape(-1, 5), np.asarray(labels, np.int64)

@@ -1,4 +1,4 @@
-"""RS4P: selecting unlabeled pretraining images by low foreground entropy and cluster quotas (spec section 4).
+"""RS4P: selecting unlabeled pretraining images by low foreground entropy and cluster quotas (the paper's RS4P-1M construction).
 
 `run_selection` runs the whole pipeline (see `pipeline.py`); the steps are usable on their own:
 `score_logits`/`foreground_entropy` (entropy.py), `spherical_kmeans`/`assign_to_prototypes` (kmeans.py),

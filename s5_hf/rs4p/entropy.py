@@ -1,4 +1,4 @@
-"""Per-image scores of a segmentation prediction (spec 4.1-4.2): pseudo-label, confidence, foreground entropy."""
+"""Per-image scores of a segmentation prediction: pseudo-label, confidence, foreground entropy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spherical K-Means (cosine similarity on L2-normalised features) for the diversity quotas of spec 4.4.
+"""Spherical K-Means (cosine similarity on L2-normalised features) for the paper's diversity expansion (cluster quotas).
 
 Lloyd iterations with k-means++ seeding, in torch, seeded. Every pass over the data goes in fixed-size
 chunks, so memory is bounded by one `(chunk, M)` similarity block plus the data itself, and the same
@@ -29,7 +29,7 @@ class KMeansResult:
     Attributes:
         centroids: `(M, D)` float32 unit vectors (the cluster prototypes).
         labels: `(N,)` int64 cluster of each fitted vector.
-        counts: `(M,)` int64 members per cluster (N_m of spec 4.4).
+        counts: `(M,)` int64 members per cluster.
         inertia: sum over vectors of (1 - cosine similarity to their prototype).
         num_iterations: Lloyd iterations run.
         converged: whether the assignment stopped changing before `max_iter`.

@@ -1,4 +1,4 @@
-"""The RS4P selection run (spec section 4): score, rank, cluster quotas, export; multi-process and resumable.
+"""The RS4P selection run (the paper's RS4P-1M construction): score, rank, cluster quotas, export; multi-process and resumable.
 
 Stages (`run_selection`):
 1. Plan: every process opens the pool and the labeled set and cuts both into chunks (`pool.py`). The main
@@ -627,7 +627,7 @@ def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, r
 def _push(args: SelectionArguments, folder: Path) -> None:
     # The one publishing path: it checks the folder streams with `datasets`, and its commit deletes the shards of
     # an earlier push that this one does not replace (otherwise they would be read as duplicated rows).
-    from ..hub import publish_dataset
+    from ..hub.publish import publish_dataset
 
     result = publish_dataset(folder, args.hub_model_id, private=args.hub_private, commit_message="RS4P selection")
     logger.info(f"Uploaded {folder} to the Hub dataset repo {args.hub_model_id}: {result['commit_url']}")

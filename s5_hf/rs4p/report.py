@@ -63,12 +63,12 @@ def write_entropy_histogram(pool: np.ndarray, selected: np.ndarray, path: str | 
     font = ImageFont.load_default()
     plot_w, plot_h = width - 2 * margin, height - 2 * margin
     bar_w = plot_w / bins
-    colours = ((160, 160, 160), (31, 119, 180))
-    for series, (share, colour) in enumerate(zip(shares, colours)):
+    colors = ((160, 160, 160), (31, 119, 180))
+    for series, (share, color) in enumerate(zip(shares, colors)):
         for b, value in enumerate(share):
             x0 = margin + b * bar_w + series * bar_w / 2
             y0 = margin + plot_h * (1 - value / top)
-            draw.rectangle([x0, y0, x0 + bar_w / 2 - 1, margin + plot_h], fill=colour)
+            draw.rectangle([x0, y0, x0 + bar_w / 2 - 1, margin + plot_h], fill=color)
     draw.line([margin, margin + plot_h, margin + plot_w, margin + plot_h], fill="black")
     draw.line([margin, margin, margin, margin + plot_h], fill="black")
     for tick in np.linspace(low, high, 6):
@@ -79,9 +79,9 @@ def write_entropy_histogram(pool: np.ndarray, selected: np.ndarray, path: str | 
     draw.text((5, margin - 15), f"share of images (max {top:.3f})", fill="black", font=font)
     title = f"Entropy: pool ({len(pool)} scored) vs. selected ({len(selected)})"
     draw.text((margin, 10), title, fill="black", font=font)
-    for series, (label, colour) in enumerate(zip(("pool", "selected"), colours)):
+    for series, (label, color) in enumerate(zip(("pool", "selected"), colors)):
         x = width - margin - 150 + series * 75
-        draw.rectangle([x, 12, x + 12, 24], fill=colour)
+        draw.rectangle([x, 12, x + 12, 24], fill=color)
         draw.text((x + 16, 12), label, fill="black", font=font)
     path = Path(path)
     with atomic_path(path) as temporary:

@@ -1,4 +1,4 @@
-"""Low-entropy ranking and the cluster-quota walk of spec 4.3-4.4, vectorised with numpy (O(N log N))."""
+"""Low-entropy ranking and the cluster-quota walk of the paper's RS4P-1M selection, vectorised with numpy (O(N log N))."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def quota_walk(
 ) -> QuotaSelection:
     """Walk candidates in `order`, accepting one while its cluster has accepted fewer than its quota.
 
-    Equivalent to the sequential walk of spec 4.4 (stop at B = quotas.sum()): a candidate is accepted
+    Equivalent to the paper's sequential walk (stop at B = quotas.sum()): a candidate is accepted
     exactly when fewer than `quotas[m]` earlier candidates of its cluster m exist, which is its rank within
     the cluster along the walk. With `top_up`, the places left by clusters that ran short go to the skipped
     (overflow) candidates, in walk order.

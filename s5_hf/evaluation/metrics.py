@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw, ImageFont
 
-from .files import atomic_path
-from .label_sets import VOID_ID, get_label_set
+from ..files import atomic_path
+from ..label_sets import VOID_ID, get_label_set
 
 # The local `evaluate` module that wraps this file (see `load_evaluate_metric`).
 EVALUATE_METRIC_SCRIPT = Path(__file__).parent / "evaluate_metric" / "s5_miou.py"
@@ -284,7 +284,7 @@ def official_scores(confusion: ConfusionMatrix) -> SegmentationScores:
 
 
 def load_evaluate_metric(**kwargs: Any):
-    """Load this package's `evaluate` metric (`s5_hf/evaluate_metric/s5_miou.py`) from its local path.
+    """Load this package's `evaluate` metric (`s5_hf/evaluation/evaluate_metric/s5_miou.py`) from its local path.
 
     Loading by path reads no network. `kwargs` go to `evaluate.load` (e.g. `keep_in_memory=True`, `cache_dir`).
     """
@@ -370,12 +370,12 @@ def save_confusion_matrix_png(
             x0, y0 = left + j * cell, top + i * cell
             share = shares[i, j]
             if math.isnan(share):
-                colour, text, ink = (200, 200, 200), "n/a", "black"
+                color, text, ink = (200, 200, 200), "n/a", "black"
             else:
                 # White (0 %) to dark blue (100 %).
-                colour = tuple(round(255 + share * (c - 255)) for c in (8, 48, 107))
+                color = tuple(round(255 + share * (c - 255)) for c in (8, 48, 107))
                 text, ink = f"{100 * share:.1f}", "white" if share > 0.5 else "black"
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=colour, outline=(255, 255, 255))
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=color, outline=(255, 255, 255))
             _put_text(draw, x0 + cell / 2, y0 + cell / 2, text, font, ink)
 
     path = Path(path)

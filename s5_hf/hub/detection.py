@@ -14,9 +14,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, ModelCard, ModelCardData
 
-from ..hub import (MODEL_FILES, PICKLE_SUFFIXES, WEIGHT_SUFFIXES, PublishError, check_repo_id,  # noqa: F401 (re-exported)
+from .publish import (MODEL_FILES, PICKLE_SUFFIXES, WEIGHT_SUFFIXES, PublishError, check_repo_id,  # noqa: F401 (re-exported)
                    load_model_folder, remote_code_files)
-from ..model_card import validate_card_text
+from .cards import validate_card_text
 
 # The model-index names of the detection datasets (no Hub dataset ids are claimed: neither is on the Hub officially).
 DETECTION_DATASETS = {"dior": ("dior-r", "DIOR-R"), "dota": ("dota-v2", "DOTA-v2")}

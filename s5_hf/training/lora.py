@@ -44,7 +44,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from .modeling_s5 import S5ForSemanticSegmentation, resolve_task_ids
+from ..modeling_s5 import S5ForSemanticSegmentation, resolve_task_ids
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2")
 ENCODER = "s5.encoder"

@@ -1,7 +1,7 @@
 """Model cards of S5 models: the released ones (`model_cards/*.md`) and any trained folder being published.
 
-    python -m s5_hf.model_card --out model_cards/            (regenerate the committed cards)
-    python -m s5_hf.model_card --out model_cards/ --check    (exit 1 if they differ from a fresh render)
+    python -m s5_hf.hub.cards --out model_cards/            (regenerate the committed cards)
+    python -m s5_hf.hub.cards --out model_cards/ --check    (exit 1 if they differ from a fresh render)
 
 Cards are rendered with `huggingface_hub.ModelCard.from_template` from `model_card_template.md` beside this
 file. Parameter counts are computed from the configurations on the `meta` device; results are the paper's
@@ -21,9 +21,9 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .configuration_s5 import PRESETS, S5Config
-from .label_sets import MDF_TASKS, VOID_ID
-from .modeling_s5 import S5ForSemanticSegmentation
+from ..configuration_s5 import PRESETS, S5Config
+from ..label_sets import MDF_TASKS, VOID_ID
+from ..modeling_s5 import S5ForSemanticSegmentation
 from .params import PAPER_MILLIONS
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
@@ -40,7 +40,7 @@ CITATION = """@inproceedings{lv2026s5,
   primaryClass  = {cs.CV}
 }"""
 
-# Paper, Table 1 (spec section 5): mIoU except Potsdam, which is mean F1.
+# Paper, Table 1: mIoU except Potsdam, which is mean F1.
 PAPER_RESULTS: dict[str, dict[str, float]] = {
     "vit-b": {"vaihingen": 79.85, "potsdam": 92.40, "openearthmap": 68.65, "loveda": 54.02},
     "vit-l": {"vaihingen": 80.72, "potsdam": 92.78, "openearthmap": 69.66, "loveda": 55.67},
@@ -156,7 +156,7 @@ def paper_eval_results(preset: str) -> list[EvalResult]:
             task_name="Semantic Segmentation",
             dataset_type=dataset_id,
             dataset_name=dataset_name,
-            # The spec states the split for LoveDA only (scored by its test server).
+            # The paper states the split for LoveDA only (scored by its test server).
             dataset_split="test" if task == "loveda" else None,
             metric_type="f1" if f1 else "mean_iou",
             metric_name="mF1" if f1 else "mIoU",
@@ -237,7 +237,7 @@ def build_model_card(
         parameter_note = (
             "The parameter count is computed from this configuration. The official implementation also counts a "
             "class-token parameter and a 257-parameter placeholder classifier per decoder that it never uses "
-            "(`python -m s5_hf.params` shows both totals); with those it equals the paper's figure."
+            "(`python -m s5_hf.hub.params` shows both totals); with those it equals the paper's figure."
         )
     example_task = next((t for t in ("potsdam", "loveda") if t in config.task_names), config.default_task)
     return ModelCard.from_template(
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file() or path.read_text() != str(released_card(model, f"{args.namespace}/{model.name}")) + "\n":
             stale.append(str(path))
     if stale:
-        print("Out of date (run python -m s5_hf.model_card --out " + args.out + "): " + ", ".join(stale))
+        print("Out of date (run python -m s5_hf.hub.cards --out " + args.out + "): " + ", ".join(stale))
         return 1
     print(f"{len(RELEASED_MODELS)} cards up to date.")
     return 0

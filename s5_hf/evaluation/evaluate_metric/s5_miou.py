@@ -1,7 +1,7 @@
-"""`evaluate` wrapper of `s5_hf.metrics`: mIoU, mF1, accuracies and per-class scores of semantic segmentation.
+"""`evaluate` wrapper of `s5_hf.evaluation.metrics`: mIoU, mF1, accuracies and per-class scores of semantic segmentation.
 
 Load it by path (no network): `evaluate.load("<path to s5_hf>/evaluate_metric/s5_miou.py")`, or
-`s5_hf.metrics.load_evaluate_metric()`. The numbers are `s5_hf.metrics.ConfusionMatrix(...).compute()`.
+`s5_hf.evaluation.metrics.load_evaluate_metric()`. The numbers are `s5_hf.evaluation.metrics.ConfusionMatrix(...).compute()`.
 """
 
 import datasets
@@ -9,7 +9,7 @@ import evaluate
 import numpy as np
 import torch
 
-from s5_hf.metrics import ConfusionMatrix, official_scores
+from s5_hf.evaluation.metrics import ConfusionMatrix, official_scores
 
 _DESCRIPTION = """
 Semantic segmentation scores from a confusion matrix, as used by s5-hf: per-class IoU, F1, precision and recall,
@@ -30,7 +30,7 @@ Returns:
     mean_iou, mean_f1, mean_accuracy, overall_accuracy (floats in [0, 1]) and per_category_iou,
     per_category_f1, per_category_precision, per_category_recall, per_category_accuracy (arrays of length K).
 Example:
-    >>> metric = evaluate.load("s5_hf/evaluate_metric/s5_miou.py")
+    >>> metric = evaluate.load("s5_hf/evaluation/evaluate_metric/s5_miou.py")
     >>> metric.compute(predictions=[[[0, 1], [1, 1]]], references=[[[0, 1], [0, 255]]], num_labels=2)["mean_iou"]
     0.5
 """

@@ -50,11 +50,11 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from . import files
-from .configuration_s5 import S5Config
-from .image_processing_s5 import S5ImageProcessor
-from .metrics import save_confusion_matrix_png
-from .precision import check_accelerate_precision
+from .. import files
+from ..configuration_s5 import S5Config
+from ..image_processing_s5 import S5ImageProcessor
+from ..evaluation.metrics import save_confusion_matrix_png
+from ..precision import check_accelerate_precision
 
 logger = get_logger(__name__)
 
@@ -757,8 +757,8 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
              private: bool) -> str | None:
     from huggingface_hub import EvalResult, constants
 
-    from .hub import LORA_FOLDER, PublishError, publish_model
-    from .model_card import DATASETS, build_model_card
+    from ..hub.publish import LORA_FOLDER, PublishError, publish_model
+    from ..hub.cards import DATASETS, build_model_card
 
     config = S5Config.from_pretrained(folder)
     # A --lora run's results were measured with its adapters (folder/lora/<task>/): they are published with the

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, DatasetCard, HfApi, ModelCard
 
-from .convert_official import CONVERSION_RECORD, read_conversion_record, weights_sha256
-from .model_card import (
+from ..convert_official import CONVERSION_RECORD, read_conversion_record, weights_sha256
+from .cards import (
     OFFICIAL_WEIGHTS_STATEMENT,
     RELEASED_MODELS,
     build_model_card,
@@ -51,7 +51,7 @@ DATASET_PATTERNS = ["README.md", "data/**", "*.parquet", "*.json", "*.jsonl", "*
 STALE_DATASET_PATTERNS = ["data/**", "*.parquet"]
 # Hidden files are local bookkeeping (the ownership manifest, temporaries of an interrupted write), not data.
 LOCAL_ONLY_PATTERNS = [".*", "**/.*"]
-LORA_FOLDER = "lora"  # s5_hf.lora.ADAPTER_FOLDER (not imported here: that module needs peft)
+LORA_FOLDER = "lora"  # s5_hf.training.lora.ADAPTER_FOLDER (not imported here: that module needs peft)
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -155,7 +155,7 @@ def check_model_folder(folder: str | os.PathLike):
     """
     from transformers import AutoModelForSemanticSegmentation
 
-    from . import S5ForSemanticSegmentation  # noqa: F401  (registers the Auto classes)
+    from .. import S5ForSemanticSegmentation  # noqa: F401  (registers the Auto classes)
 
     model = load_model_folder(folder, AutoModelForSemanticSegmentation, "S5ImageProcessor")
     model.eval()
@@ -206,7 +206,7 @@ def check_lora_adapters(folder: str | os.PathLike, config) -> list[str]:
     if incomplete:
         raise PublishError(f"{folder} lacks the adapter files {incomplete}.")
     try:
-        from .lora import S5LoRAModel
+        from ..training.lora import S5LoRAModel
 
         model = S5LoRAModel.from_pretrained(folder)
         size = 4 * config.patch_size

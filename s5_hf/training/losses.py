@@ -1,9 +1,9 @@
 """Losses of S4P (supervised + FixMatch-style unlabeled term with CutMix) and MoE-MDF (per-dataset CE).
 
-The S4P step (spec section 2): the same network, in eval mode and without gradients, predicts the weak views of
+The S4P step (the paper's FixMatch-style pretraining): the same network, in eval mode and without gradients, predicts the weak views of
 the unlabeled batch u and of its CutMix partner batch u_mix; pseudo-label = argmax, confidence = max softmax.
 `cutmix_pseudo_labels` pastes u_mix's label, confidence and ignore mask inside the CutMix box (where the strong
-image was pasted from u_mix, see `s5_hf.augment.cutmix_images`), and `fixmatch_unlabeled_loss` scores the strong
+image was pasted from u_mix, see `s5_hf.training.augment.cutmix_images`), and `fixmatch_unlabeled_loss` scores the strong
 predictions against them. The total is `(masked_cross_entropy(labeled) + loss_u) / 2`.
 
 Losses are computed in float32 whatever the logits' dtype, so they are safe under AMP autocast.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .label_sets import VOID_ID
+from ..label_sets import VOID_ID
 
 # The ignore id handed to F.cross_entropy after our own masking; never a class id or a dataset's ignore id.
 _MASKED = -100
@@ -152,7 +152,7 @@ def s4p_losses(
     ignore_index: int | None,
     threshold: float = 0.95,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The S4P step's losses (spec section 2) from a labeled batch `(image, mask)` and two unlabeled batches in
+    """The S4P step's losses from a labeled batch `(image, mask)` and two unlabeled batches in
     `UnlabeledTransform` layout, `(weak, strong1, strong2, ignore_mask, box1, box2)`: u and its CutMix partner.
 
     The model (in train mode) is switched to eval mode without gradients to pseudo-label both weak views, then

@@ -1,8 +1,8 @@
 """Parameter counts of the full-size S5 models, built on the `meta` device (no memory is allocated).
 
-    python -m s5_hf.params        (or: s5-params; --preset vit-b for one backbone)
+    python -m s5_hf.hub.params        (or: s5-params; --preset vit-b for one backbone)
 
-Compares with the paper (spec section 1.4). The official implementation also counts parameters it never
+Compares with the paper's parameter table. The official implementation also counts parameters it never
 uses: a class token (hidden_size values) and a 1-class placeholder classifier (257 values) inside each
 decoder; `official_equivalent` adds them back, which makes the totals equal to the official ones exactly.
 """
@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from .configuration_s5 import PRESETS, S5Config
-from .label_sets import MDF_TASKS
-from .modeling_s5 import S5ForSemanticSegmentation
+from ..configuration_s5 import PRESETS, S5Config
+from ..label_sets import MDF_TASKS
+from ..modeling_s5 import S5ForSemanticSegmentation
 
 # Paper, Table/section 1.4 (millions).
 PAPER_MILLIONS = {

@@ -1,6 +1,6 @@
 """Evaluation of S5 segmentation heads with each dataset's protocol, distributed-safe.
 
-Protocols (spec section 3 and 7):
+Protocols (the paper's evaluation settings, as the official code runs them):
 
 | dataset | mode | flip TTA | reported |
 |---|---|---|---|
@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_processing_s5 import S5ImageProcessor
-from .inference import ArrayScene, Normalisation, SlidingWindow, iter_label_strips
-from .label_sets import VOID_ID
+from ..image_processing_s5 import S5ImageProcessor
+from ..inference.scenes import ArrayScene
+from ..inference.sliding_window import Normalization, SlidingWindow, iter_label_strips
+from ..label_sets import VOID_ID
 from .metrics import ConfusionMatrix, SegmentationScores, official_scores
 
 
@@ -39,7 +40,7 @@ class EvalProtocol:
     flip: bool = False
     metric: str = "mean_iou"  # the score the paper reports for this dataset
     exclude_from_mean: tuple[int, ...] = ()
-    official_inflation: bool = False  # the official ISPRS metric counts clutter as correct "car" (spec 7)
+    official_inflation: bool = False  # the official ISPRS metric counts clutter as correct "car"
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
@@ -124,7 +125,7 @@ def predict_labels(model, image: Image.Image, task: str, protocol: EvalProtocol,
         return labels
     if protocol.mode == "resize":
         resized = np.asarray(image.convert("RGB").resize((crop_size, crop_size), Image.BILINEAR))
-        pixels = Normalisation.from_processor(processor)(resized.transpose(2, 0, 1))[None]
+        pixels = Normalization.from_processor(processor)(resized.transpose(2, 0, 1))[None]
         device = next(model.parameters()).device
         logits = scorer(pixels.to(device), task=task).logits.float()
         logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
@@ -182,7 +183,7 @@ def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str
                      reader_options: Mapping[str, Mapping] | None = None, batch_size: int = 1) -> dict[str, TaskResult]:
     """`evaluate_task` for every `{task: DataSource}` on `split` (one name, or one per task), each process scoring
     its own part."""
-    from .data.streams import process_part
+    from ..data.streams import process_part
 
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     unwrapped = model if accelerator is None else accelerator.unwrap_model(model)

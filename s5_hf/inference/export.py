@@ -1,6 +1,6 @@
 """Deployment export: one dataset's head of an S5 model as an ONNX graph, run with onnxruntime.
 
-    python -m s5_hf.export runs/mdf-vit-b/model out/potsdam.onnx --task potsdam     # 512 px windows, any batch
+    python -m s5_hf.inference.export runs/mdf-vit-b/model out/potsdam.onnx --task potsdam     # 512 px windows, any batch
 
 A multi-task (MoE-MDF) model is first reduced to a plain single-task model (`extract_task`: the task's expert
 folded into the FFN), so the graph has no routing. The graph takes `pixel_values` (batch, bands, H, W) float32,
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import fsync_directory, fsync_file, temporary_sibling
-from .modeling_s5 import S5ForSemanticSegmentation, TaskRouting
+from ..files import fsync_directory, fsync_file, temporary_sibling
+from ..modeling_s5 import S5ForSemanticSegmentation, TaskRouting
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -240,7 +240,7 @@ def verify_onnx(path: str | os.PathLike, model: S5ForSemanticSegmentation, *, si
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m s5_hf.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m s5_hf.inference.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="S5 model folder or Hub repo id")
     parser.add_argument("output", help="ONNX file to write (.onnx)")
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.output.endswith(".onnx"):
         parser.error(f"{args.output}: the output file must end in .onnx")
 
-    from .inference import load_model  # the one loader of S5 folders / repos
+    from .cli import load_model  # the one loader of S5 folders / repos
 
     model, _ = load_model(args.model, "cpu", args.trust_remote_code)
     start = time.perf_counter()

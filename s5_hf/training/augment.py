@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
-from .label_sets import VOID_ID
+from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
+from ..label_sets import VOID_ID
 
 # ITU-R 601-2 luma, the weights of PIL's and torchvision's grayscale conversion.
 _LUMA = (0.299, 0.587, 0.114)
