@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(PY) -m s5_hf.quickstart --output-dir outputs/quickstart
+	$(PY) -m s5_hf.quickstart --output_dir outputs/quickstart
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -17,6 +17,14 @@ the S4P step time that this many cores can feed per GPU at the official batch (1
 
     python benchmarks/bench_data.py                      # 1024 px tiles, 48 images per case (a few minutes)
     python benchmarks/bench_data.py --quick              # 512 px tiles, 16 images per case
+
+`--band_stats` measures instead the per-band statistics pass (`s5_hf.data.band_stats.compute_band_stats`) that
+data other than 8-bit RGB gets before training: over `--tiles` 13-band uint16 tiles made in memory (the pass
+itself, without file reads), mean/std only and with 2/98 percentiles (`BandHistogram`), in seconds, tiles/s and
+peak memory that the pass allocates (tracemalloc, which NumPy reports its arrays to), at 1/10 and all the tiles:
+memory must not grow with the tile count.
+
+    python benchmarks/bench_data.py --band_stats --tiles 10000 --tile_size 64
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ from pathlib import Path
 
 import datasets
 import torch
-
 from memory import peak_rss_mb
-from s5_hf.training.augment import LabeledTransform, UnlabeledTransform
+
+from s5_hf.cli import ArgumentParser
 from s5_hf.data import to_parquet_shards
 from s5_hf.data.registry import load_benchmark
 from s5_hf.data.streams import DataSource, TrainStream
 from s5_hf.data.synthetic import make_fake_loveda
+from s5_hf.training.augment import LabeledTransform, UnlabeledTransform
 
 OFFICIAL_BATCH = 12  # per GPU, labeled and unlabeled each (the paper's S4P recipe)
 
@@ -86,15 +95,63 @@ def measure(location: Path, transform, workers: int, batch: int, images: int) ->
             "total": end - start, "per_core": batches * batch / cpu}
 
 
+def band_stats_pass(tiles: int, size: int, bands: int, percentiles) -> dict:
+    """Seconds and traced peak memory (MB) of one statistics pass over `tiles` generated uint16 tiles."""
+    import tracemalloc
+
+    import numpy as np
+
+    from s5_hf.data.band_stats import compute_band_stats
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(1500, 400, (size, size, bands)).clip(0, 65535).astype(np.uint16)
+    offsets = rng.integers(0, 500, (tiles, bands)).astype(np.uint16)
+
+    def items():
+        for k in range(tiles):  # a different tile each time at the cost of one addition
+            yield base + offsets[k]
+
+    generation = time.perf_counter()
+    for _ in items():
+        pass
+    generation = time.perf_counter() - generation
+    tracemalloc.start()
+    start = time.perf_counter()
+    stats = compute_band_stats(items(), percentiles=percentiles)
+    seconds = time.perf_counter() - start - generation
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert stats.images == tiles
+    return {"seconds": seconds, "rate": tiles / seconds, "peak_mb": peak}
+
+
+def bench_band_stats(tiles: int, size: int, bands: int) -> None:
+    print(f"band statistics pass over {bands}-band uint16 tiles of {size} px made in memory (their making, "
+          f"timed separately, subtracted); os.cpu_count()={os.cpu_count()}")
+    print(f"  {'statistics':28} {'tiles':>7} {'seconds':>8} {'tiles/s':>9} {'peak MB':>8}")
+    for label, percentiles in (("mean/std", None), ("mean/std + 2/98 percentiles", (2, 98))):
+        for count in (max(1, tiles // 10), tiles):
+            r = band_stats_pass(count, size, bands, percentiles)
+            print(f"  {label:28} {count:7d} {r['seconds']:8.2f} {r['rate']:9.0f} {r['peak_mb']:8.1f}")
+    print(f"  peak RSS of the process: {peak_rss_mb():.0f} MB")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="512 px tiles, 16 images per case")
     parser.add_argument("--size", type=int, help="tile size in px (default 1024, LoveDA's)")
     parser.add_argument("--images", type=int, help="images per case (default 48)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--band_stats", action="store_true", help="time the per-band statistics pass instead")
+    parser.add_argument("--tiles", type=int, default=10_000, help="--band_stats: tiles in the pass")
+    parser.add_argument("--tile_size", type=int, default=64, help="--band_stats: tile side in px")
+    parser.add_argument("--bands", type=int, default=13, help="--band_stats: bands per tile (Sentinel-2: 13)")
     args = parser.parse_args()
+    if args.band_stats:
+        bench_band_stats(args.tiles, args.tile_size, args.bands)
+        return
     size = args.size or (512 if args.quick else 1024)
     images = args.images or (16 if args.quick else 48)
     workers = [int(w) for w in args.workers.split(",")]

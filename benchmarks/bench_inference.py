@@ -11,7 +11,7 @@ a one-window scene through the same code), and the ratios against the first scen
 pixel count: the accumulators hold classes x band x width floats (band: the rows one batch of windows spans), so
 square scenes grow only with their width and tall scenes of one width not at all.
 
-    python benchmarks/bench_inference.py --compare-batches 1 4 8 [--preset vit-b] [--compare-size 1024]
+    python benchmarks/bench_inference.py --compare_batches 1 4 8 [--preset vit-b] [--compare_size 1024]
 
 compares window batch sizes instead, in ONE process on the same scene, in interleaved rounds: images/s and
 windows/s (wall and process CPU time, min and median), each batch size's speed against batch 1, the FLOPs of the
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from s5_hf.label_sets import get_label_set, MDF_TASKS
+from s5_hf.cli import ArgumentParser
+from s5_hf.label_sets import MDF_TASKS, get_label_set
 
 SMALL = dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, image_size=512, out_indices=[2, 3, 4, 6],
              decoder_hidden_size=64, part_features=0, tasks=["loveda"])
@@ -98,12 +99,22 @@ def compare_batches(batch_sizes: list[int], preset: str, size: int, window: int,
     import statistics
 
     import torch
-
-    from machine import case_line, count_flops, machine_line, measure_matmul_rates  # benchmarks/machine.py
+    from machine import (  # benchmarks/machine.py
+        case_line,
+        count_flops,
+        machine_line,
+        measure_matmul_rates,
+    )
     from memory import peak_rss_mb  # benchmarks/memory.py
+
     from s5_hf import S5Config, S5ForSemanticSegmentation
     from s5_hf.data.patches import window_starts
-    from s5_hf.inference import ArrayScene, CompiledSegmenter, SlidingWindow, iter_label_strips
+    from s5_hf.inference import (
+        ArrayScene,
+        CompiledSegmenter,
+        SlidingWindow,
+        iter_label_strips,
+    )
 
     torch.set_num_threads(threads)
     print(machine_line())
@@ -161,23 +172,23 @@ def compare_batches(batch_sizes: list[int], preset: str, size: int, window: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096], help="square scene sides (px)")
     parser.add_argument("--tall", type=int, nargs="*", default=[1024, 4096],
                         help="heights of extra 1024 px wide scenes (memory must not depend on height); "
                              "--tall alone: none")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--compare-batches", type=int, nargs="+",
+    parser.add_argument("--compare_batches", type=int, nargs="+",
                         help="compare these window batch sizes on one image in one process (first = baseline)")
-    parser.add_argument("--preset", default="small", help="small (the config above), vit-b, ... (--compare-batches)")
-    parser.add_argument("--compare-size", type=int, default=1024, help="image side for --compare-batches")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --compare-batches")
-    parser.add_argument("--compare-compile", action="store_true",
-                        help="with --compare-batches: also torch.compile (inductor) at the largest batch size")
+    parser.add_argument("--preset", default="small", help="small (the config above), vit-b, ... (--compare_batches)")
+    parser.add_argument("--compare_size", type=int, default=1024, help="image side for --compare_batches")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --compare_batches")
+    parser.add_argument("--compare_compile", action="store_true",
+                        help="with --compare_batches: also torch.compile (inductor) at the largest batch size")
     args = parser.parse_args()
     if args.compare_batches:
         compare_batches(args.compare_batches, args.preset, args.compare_size, args.window, args.overlap, args.rounds,
@@ -195,7 +206,7 @@ def main() -> None:
     rows = []
     for height, width in shapes:
         command = [sys.executable, __file__, "--child", f"{height}x{width}", "--window", str(args.window),
-                   "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+                   "--overlap", str(args.overlap), "--batch_size", str(args.batch_size), "--threads", str(args.threads)]
         child = subprocess.run(command, capture_output=True, text=True)
         if child.returncode:
             sys.exit(f"{height}x{width} failed:\n{child.stderr[-3000:]}")

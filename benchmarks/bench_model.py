@@ -8,7 +8,8 @@
 2. Training steps (forward + backward + AdamW) of the ViT-B MoE-MDF model at 512 px: steps/s and peak memory,
    with and without gradient checkpointing. Batch 2: a training batch needs at least 2 images per task
    (BatchNorm after the 1x1 pyramid pooling cannot normalise a single value per channel). Each case runs in a fresh subprocess so that its peak resident
-   memory (ru_maxrss) is its own; the baseline is the same process after building model and optimizer.
+   memory (VmHWM, benchmarks/memory.py) is its own; the baseline is the same process after building model and optimizer.
+   Checkpointing is `model.set_activation_checkpointing("block")`; bench_training.py --table compares every mode.
 
     python benchmarks/bench_model.py             # ViT-B at 512 px (a few minutes on 2 cores)
     python benchmarks/bench_model.py --quick     # small config, seconds
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -114,13 +114,12 @@ def train_case(preset: str, image_size: int, batch: int, checkpointing: bool, st
     """Runs in a subprocess: build, measure baseline memory, then train `steps` steps."""
     torch.manual_seed(0)
     model = build(preset, image_size).train()
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    model.set_activation_checkpointing("block" if checkpointing else "none")
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.05)
     tasks = [MDF_TASKS[i % 4] for i in range(batch)] if batch >= 8 else ["potsdam"] * batch
     pixel_values = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, 5, (batch, image_size, image_size))
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = current_rss_mb()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -128,8 +127,7 @@ def train_case(preset: str, image_size: int, batch: int, checkpointing: bool, st
         optimizer.step()
 
     seconds = timed(step, steps)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds_per_step": seconds, "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024}
+    return {"seconds_per_step": seconds, "baseline_mb": baseline, "peak_mb": peak_rss_mb()}
 
 
 def bench_training(preset: str, image_size: int, batches: list[int], steps: int) -> None:

@@ -89,7 +89,7 @@ def run_case(size: str, kind: str, precision: str, batch: int, steps: int, profi
                 model(pixel_values)
     else:
         model.train()
-        labels = torch.randint(0, len(model.config.tasks[0]["id2label"]), (batch, image_size, image_size),
+        labels = torch.randint(0, model.config.tasks[0].num_labels, (batch, image_size, image_size),
                                generator=generator)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
 

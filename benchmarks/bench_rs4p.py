@@ -137,7 +137,7 @@ def bench_score_read(num_chunks: int, chunk_size: int = 1000, num_classes: int =
         read = time.perf_counter() - start
     rows = num_chunks * chunk_size
     print(f"\nScore shards: {num_chunks} x {chunk_size} rows, {DIM}-d float16 features")
-    print(f"| step | s | rows/s | 1M rows (linear) |\n|---|---|---|---|")
+    print("| step | s | rows/s | 1M rows (linear) |\n|---|---|---|---|")
     print(f"| write shards (baseline) | {write:.1f} | {rows / write:,.0f} | {write * 1e6 / rows:.0f} s |")
     print(f"| merge read (ids, scores; features -> nearest of 100 prototypes) | {read:.1f} | {rows / read:,.0f} | "
           f"{read * 1e6 / rows:.0f} s |")

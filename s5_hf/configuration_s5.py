@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedConfig
@@ -23,33 +24,58 @@ PRESETS: dict[str, dict[str, Any]] = {
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
-def _normalize_task(task: str | dict[str, Any]) -> dict[str, Any]:
-    """A task is a dataset head: a name, its classes and the label id its loss and metrics ignore."""
-    if isinstance(task, str):
-        key = task.lower()
-        if key not in LABEL_SETS:
+@dataclass(frozen=True)
+class S5Task:
+    """One dataset head: its name, its classes (`id2label`, ids 0..K-1) and the label id its loss and metrics ignore.
+
+    `S5Config.tasks` holds these in expert order; `config.json` stores them as plain dicts (`to_dict`).
+    """
+
+    name: str
+    id2label: dict[int, str]
+    ignore_index: int = 255
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.id2label[k] for k in range(len(self.id2label))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "id2label": dict(self.id2label), "ignore_index": self.ignore_index}
+
+    @classmethod
+    def parse(cls, task: str | Mapping[str, Any] | S5Task) -> S5Task:
+        """A known dataset name, a dict `{"name", "id2label"[, "ignore_index"]}` or a task, checked."""
+        if isinstance(task, S5Task):
+            task = task.to_dict()
+        if isinstance(task, str):
+            key = task.lower()
+            if key not in LABEL_SETS:
+                raise ValueError(
+                    f"Unknown task {task!r}: pass a known dataset name ({', '.join(sorted(LABEL_SETS))}) or a dict "
+                    "with 'name', 'id2label' and optionally 'ignore_index'."
+                )
+            label_set = LABEL_SETS[key]
+            return cls(key, dict(label_set.id2label), label_set.ignore_index)
+        if not isinstance(task, Mapping) or "name" not in task or "id2label" not in task:
+            raise ValueError(f"A task must be a known dataset name or a dict with 'name' and 'id2label', got {task!r}.")
+        id2label = {int(k): str(v) for k, v in task["id2label"].items()}
+        if sorted(id2label) != list(range(len(id2label))) or not id2label:
+            raise ValueError(f"Task {task['name']!r}: id2label keys must be 0..K-1, got {sorted(id2label)}.")
+        ignore_index = task.get("ignore_index", 255)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise ValueError(f"Task {task['name']!r}: ignore_index must be an integer, got {ignore_index!r}.")
+        ignore_index = int(ignore_index)
+        if 0 <= ignore_index < len(id2label):
+            # The loss and the metrics would silently drop every pixel of that class.
             raise ValueError(
-                f"Unknown task {task!r}: pass a known dataset name ({', '.join(sorted(LABEL_SETS))}) or a dict "
-                "with 'name', 'id2label' and optionally 'ignore_index'."
+                f"Task {task['name']!r}: ignore_index {ignore_index} is the id of the class {id2label[ignore_index]!r} "
+                f"(classes are 0..{len(id2label) - 1}); use an id outside the classes, e.g. 255."
             )
-        label_set = LABEL_SETS[key]
-        return {"name": key, "id2label": label_set.id2label, "ignore_index": label_set.ignore_index}
-    if not isinstance(task, dict) or "name" not in task or "id2label" not in task:
-        raise ValueError(f"A task must be a known dataset name or a dict with 'name' and 'id2label', got {task!r}.")
-    id2label = {int(k): str(v) for k, v in task["id2label"].items()}
-    if sorted(id2label) != list(range(len(id2label))) or not id2label:
-        raise ValueError(f"Task {task['name']!r}: id2label keys must be 0..K-1, got {sorted(id2label)}.")
-    ignore_index = task.get("ignore_index", 255)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise ValueError(f"Task {task['name']!r}: ignore_index must be an integer, got {ignore_index!r}.")
-    ignore_index = int(ignore_index)
-    if 0 <= ignore_index < len(id2label):
-        # The loss and the metrics would silently drop every pixel of that class.
-        raise ValueError(
-            f"Task {task['name']!r}: ignore_index {ignore_index} is the id of the class {id2label[ignore_index]!r} "
-            f"(classes are 0..{len(id2label) - 1}); use an id outside the classes, e.g. 255."
-        )
-    return {"name": str(task["name"]), "id2label": id2label, "ignore_index": ignore_index}
+        return cls(str(task["name"]), id2label, ignore_index)
 
 
 # Configuration fields that change the function a set of weights computes (beyond the tasks, compared separately).
@@ -142,12 +168,12 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
 
         tasks_given = self.tasks is not None
-        if isinstance(self.tasks, (str, dict)):
+        if isinstance(self.tasks, (str, Mapping, S5Task)):
             self.tasks = [self.tasks]
         if tasks_given and not self.tasks:
             raise ValueError("tasks is empty: list at least one task (a dataset name or a dict), e.g. tasks=['isaid'].")
-        self.tasks = [_normalize_task(t) for t in (self.tasks if tasks_given else ["isaid"])]
-        names = [t["name"] for t in self.tasks]
+        self.tasks = [S5Task.parse(t) for t in (self.tasks if tasks_given else ["isaid"])]
+        names = [t.name for t in self.tasks]
         for name in names:
             if not _TASK_NAME.match(name):
                 raise ValueError(f"Task name {name!r} must start with a letter and use only letters, digits, _ or -.")
@@ -175,7 +201,7 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         return sorted({max(1, round(n * f)) for f in (0.25, 0.5, 0.75)} | {n})
 
     def _sync_labels(self) -> None:
-        id2label = self.get_task(self.default_task)["id2label"]
+        id2label = self.get_task(self.default_task).id2label
         self.id2label = dict(id2label)
         self.label2id = {v: k for k, v in id2label.items()}
 
@@ -242,8 +268,8 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
         diff = {k: (getattr(self, k), getattr(other, k)) for k in fields
                 if _plain(getattr(self, k)) != _plain(getattr(other, k))}
         if tasks:
-            ours = [(t["name"], len(t["id2label"])) for t in self.tasks]
-            theirs = [(t["name"], len(t["id2label"])) for t in other.tasks]
+            ours = [(t.name, t.num_labels) for t in self.tasks]
+            theirs = [(t.name, t.num_labels) for t in other.tasks]
             if ours != theirs:
                 diff["tasks (name, classes)"] = (ours, theirs)
             experts = (self.part_features if self.use_experts else 0, other.part_features if other.use_experts else 0)
@@ -262,7 +288,7 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
     # ---- tasks -------------------------------------------------------------------------------------------
     @property
     def task_names(self) -> list[str]:
-        return [t["name"] for t in self.tasks]
+        return [t.name for t in self.tasks]
 
     @property
     def use_experts(self) -> bool:
@@ -282,13 +308,18 @@ class S5Config(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"Unknown task {name!r}. This model's tasks are: {', '.join(names)}.")
         return names.index(name)
 
-    def get_task(self, name: str) -> dict[str, Any]:
+    def get_task(self, name: str) -> S5Task:
         return self.tasks[self.task_index(name)]
 
     def set_default_task(self, name: str) -> None:
         """Make `name` the task used when no `task` is given (pipelines), and mirror its labels in `id2label`."""
-        self.default_task = self.tasks[self.task_index(name)]["name"]
+        self.default_task = self.get_task(name).name
         self._sync_labels()
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["tasks"] = [task.to_dict() for task in self.tasks]
+        return output
 
 
 def _plain(value: Any) -> Any:
@@ -296,4 +327,4 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-__all__ = ["S5Config", "PRESETS", "BACKBONE_FIELDS", "DECODER_FIELDS"]
+__all__ = ["S5Config", "S5Task", "PRESETS", "BACKBONE_FIELDS", "DECODER_FIELDS"]

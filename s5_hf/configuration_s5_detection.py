@@ -6,7 +6,7 @@ from typing import Any
 
 from .configuration_s5 import S5Config
 
-# Spec 6.1: class lists of the two detection benchmarks (the task names route experts and head stacks).
+# Class lists of the two detection benchmarks (the task names route experts and head stacks).
 DIOR_R_CLASSES = (
     "airplane", "airport", "baseballfield", "basketballcourt", "bridge", "chimney", "dam",
     "expressway-service-area", "expressway-toll-station", "golffield", "groundtrackfield", "harbor", "overpass",

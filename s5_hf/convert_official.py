@@ -6,7 +6,7 @@ neck) comes from the paper preset of the same width/depth or from arguments. Eve
 consumed and every key of our model filled, otherwise the conversion stops and names the offending keys.
 
     s5-convert-official checkpoint.pth output_dir/
-    s5-convert-official --repo-id lianglyu/S5 --filename s5_vitb_mdf.pth output_dir/    (download from the Hub first)
+    s5-convert-official --repo_id lianglyu/S5 --filename s5_vitb_mdf.pth output_dir/    (download from the Hub first)
 
 In Python, `from_official(repo_id, filename)` downloads, converts and caches in one call (a second call loads the
 cached conversion). The converted folder also holds `official_conversion.json`: where the weights came from and
@@ -25,8 +25,15 @@ from pathlib import Path
 
 import torch
 
+from .cli import ArgumentParser
 from .configuration_s5 import PRESETS, S5Config
-from .files import foreign_entries, sha256_file, staged_directory, write_json, write_manifest
+from .files import (
+    foreign_entries,
+    sha256_file,
+    staged_directory,
+    write_json,
+    write_manifest,
+)
 from .image_processing_s5 import S5ImageProcessor
 from .label_sets import MDF_TASKS, get_label_set
 from .modeling_s5 import S5ForSemanticSegmentation
@@ -119,7 +126,7 @@ def load_official_state_dict(path: str | Path, trust_pickle: bool = False) -> di
         except Exception as err:  # torch raises several types for refused or corrupt pickles
             raise ConversionError(
                 f"Could not read {path} as a weights-only PyTorch checkpoint ({err}). If the file is truncated, "
-                "download it again; if you trust it and it holds other objects, pass --trust-pickle (it may "
+                "download it again; if you trust it and it holds other objects, pass --trust_pickle (it may "
                 "execute code)."
             ) from err
     for wrapper in ("model", "state_dict", "module"):
@@ -174,12 +181,12 @@ def _infer_config(state: dict[str, torch.Tensor], num_attention_heads, out_indic
         if preset is None:
             raise ConversionError(
                 f"Width {hidden} and depth {depth} match no paper preset: pass num_attention_heads "
-                "(--num-attention-heads), it cannot be read from the weights."
+                "(--num_attention_heads), it cannot be read from the weights."
             )
         num_attention_heads = preset["num_attention_heads"]
     if out_indices is None:
         if preset is None:
-            raise ConversionError(f"Depth {depth} matches no paper preset: pass out_indices (--out-indices).")
+            raise ConversionError(f"Depth {depth} matches no paper preset: pass out_indices (--out_indices).")
         out_indices = preset["out_indices"]
 
     decoders = sorted({m.group(1) for k in state if (m := re.match(r"(semsegdecoder\w*)\.decode_head\.", k))})
@@ -216,7 +223,7 @@ def _infer_config(state: dict[str, torch.Tensor], num_attention_heads, out_indic
     if pool_scales is None:
         if len(psp) != 4 or psp[-1] != 3:
             raise ConversionError(f"The decoder has pooling branches {psp}, not the paper's 4: pass pool_scales "
-                                  "(--pool-scales).")
+                                  "(--pool_scales).")
         pool_scales = [1, 2, 3, 6]
     fc1 = _first(state, r"encoder\.layers\.\d+\.ffn\.layers\.0\.0\.(weight|bias)",
                  "FFN weights ('encoder.layers.<i>.ffn.layers.0.0.weight')")
@@ -488,7 +495,7 @@ def from_official(
 
     if "local_dir" in hub_kwargs:
         raise TypeError("from_official caches in the Hugging Face cache; local_dir is not supported (use "
-                        "s5-convert-official --repo-id ... OUTPUT_DIR for a folder of your choice).")
+                        "s5-convert-official --repo_id ... OUTPUT_DIR for a folder of your choice).")
     path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, **hub_kwargs)
     commit = _snapshot_commit(path)
     options = {"num_attention_heads": num_attention_heads, "out_indices": out_indices, "pool_scales": pool_scales}
@@ -509,24 +516,29 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="s5-convert-official", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="s5-convert-official", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="[CHECKPOINT] OUTPUT_DIR",
-                        help="official .pth/.safetensors checkpoint (omit with --repo-id) and the output folder")
-    parser.add_argument("--repo-id", help="Hub repo of the official checkpoints (e.g. lianglyu/S5)")
-    parser.add_argument("--filename", help="checkpoint file in --repo-id")
-    parser.add_argument("--revision", help="branch, tag or commit of --repo-id (default: main)")
-    parser.add_argument("--num-attention-heads", type=int, help="needed when the width matches no paper preset")
-    parser.add_argument("--out-indices", type=_int_list, help="stages feeding the neck, e.g. '4,6,8,12'")
-    parser.add_argument("--pool-scales", type=_int_list, help="decoder pooling scales, default 1,2,3,6")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary pickles (only trusted files)")
+                        help="official .pth/.safetensors checkpoint (omit with --repo_id) and the output folder")
+    parser.add_argument("--repo_id", help="Hub repo of the official checkpoints (e.g. lianglyu/S5)")
+    parser.add_argument("--filename", help="checkpoint file in --repo_id")
+    parser.add_argument("--revision", help="branch, tag or commit of --repo_id (default: main)")
+    parser.add_argument("--num_attention_heads", type=int, help="needed when the width matches no paper preset")
+    parser.add_argument("--out_indices", type=_int_list, help="stages feeding the neck, e.g. '4,6,8,12'")
+    parser.add_argument("--pool_scales", type=_int_list, help="decoder pooling scales, default 1,2,3,6")
+    parser.add_argument("--trust_pickle", action="store_true", help="allow arbitrary pickles (only trusted files)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.repo_id or args.filename:
         if not (args.repo_id and args.filename) or len(args.paths) != 1:
-            parser.error("--repo-id and --filename go together, with one positional argument: the output folder")
+            parser.error("--repo_id and --filename go together, with one positional argument: the output folder")
     elif len(args.paths) != 2:
-        parser.error("expected CHECKPOINT OUTPUT_DIR (or --repo-id REPO --filename FILE OUTPUT_DIR)")
+        parser.error("expected CHECKPOINT OUTPUT_DIR (or --repo_id REPO --filename FILE OUTPUT_DIR)")
     output_dir = args.paths[-1]
     try:
         if args.repo_id:

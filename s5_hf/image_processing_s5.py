@@ -16,6 +16,18 @@ S5_IMAGE_STD = (0.229, 0.224, 0.225)
 VOID_ID = 255
 
 
+def clip_bands(image: np.ndarray, low, high, channel_axis: int = 0) -> np.ndarray:
+    """`image` clipped per band to [low[b], high[b]], as float32 (the bounds need not be integers); the one clipping
+    of the processor, the training transform and the sliding-window predictor."""
+    shape = [1] * image.ndim
+    shape[channel_axis] = -1
+    low = np.asarray(low, dtype=np.float32).reshape(shape)
+    high = np.asarray(high, dtype=np.float32).reshape(shape)
+    if image.shape[channel_axis] != low.size:
+        raise ValueError(f"The image has {image.shape[channel_axis]} bands but clip_min/clip_max have {low.size}.")
+    return np.clip(image.astype(np.float32, copy=False), low, high)
+
+
 class S5ImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     size_divisor (`int`, *optional*, defaults to 16):
@@ -25,6 +37,9 @@ class S5ImageProcessorKwargs(ImagesKwargs, total=False):
 
     size_divisor: int
     input_dtype: str | None
+    do_clip: bool
+    clip_min: list[float] | None
+    clip_max: list[float] | None
 
 
 class S5ImageProcessor(PilBackend):
@@ -40,6 +55,11 @@ class S5ImageProcessor(PilBackend):
       pass; `processor_from_band_stats` builds this processor and records `input_dtype`, so that
       `save_pretrained` keeps exactly the training normalisation for inference). An explicit other
       `rescale_factor` (e.g. 1/10000 for reflectances) is taken as given.
+    - Clipping: with `do_clip`, each band is first clipped to [`clip_min`, `clip_max`] (per band, in the image's
+      own units, e.g. the 2nd/98th percentiles of 16-bit training data from `compute_band_stats(...,
+      percentiles=(2, 98))`), so that a few saturated or dark outliers do not stretch the normalisation. Clipping
+      is the first step, before resizing, exactly as the training transform (`RawUnitsTransform`) and the
+      sliding-window predictor apply it.
     - Size: by default images are resized to 512x512 (the training size) and the predicted masks resized back by
       `post_process_semantic_segmentation`. With `do_resize=False, do_pad=True` the native resolution (ground
       sample distance) is kept and the image is padded to a multiple of `size_divisor`; the label maps are padded
@@ -60,9 +80,20 @@ class S5ImageProcessor(PilBackend):
     size_divisor = 16
     #: The dtype the per-band statistics were computed on (None: any dtype the scale settings accept).
     input_dtype = None
+    do_clip = False
+    clip_min = None
+    clip_max = None
 
     def __init__(self, **kwargs: Unpack[S5ImageProcessorKwargs]):
         super().__init__(**kwargs)
+        if self.do_clip:
+            low, high = self.clip_min, self.clip_max
+            if low is None or high is None or len(low) != len(high):
+                raise ValueError("do_clip needs clip_min and clip_max with one value per band.")
+            if any(not lo <= hi for lo, hi in zip(low, high)):
+                raise ValueError(f"clip_min {list(low)} must not exceed clip_max {list(high)} in any band.")
+            if isinstance(self.image_mean, (tuple, list)) and len(self.image_mean) != len(low):
+                raise ValueError(f"clip_min/clip_max have {len(low)} bands but image_mean has {len(self.image_mean)}.")
 
     def preprocess(
         self,
@@ -120,7 +151,8 @@ class S5ImageProcessor(PilBackend):
                     raise ValueError(
                         f"Segmentation map {index} is {label.shape[-2:]} but its image is {image.shape[-2:]}."
                     )
-            map_kwargs = {**kwargs, "do_rescale": False, "do_normalize": False, "resample": PILImageResampling.NEAREST}
+            map_kwargs = {**kwargs, "do_rescale": False, "do_normalize": False, "do_clip": False,
+                          "resample": PILImageResampling.NEAREST}
             maps = self._transform(maps, pad_value=VOID_ID, **map_kwargs)
             data["labels"] = [m.squeeze(0).astype(np.int64) for m in maps]
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -167,10 +199,15 @@ class S5ImageProcessor(PilBackend):
         image_std,
         do_pad: bool,
         size_divisor: int,
+        do_clip: bool = False,
+        clip_min=None,
+        clip_max=None,
         **kwargs,
     ) -> list[np.ndarray]:
         out = []
         for image in images:
+            if do_clip:
+                image = clip_bands(image, clip_min, clip_max)
             if do_resize:
                 if image.dtype == np.uint8 and image.shape[0] in (1, 3):
                     image = self.resize(image=image, size=size, resample=resample)
@@ -204,4 +241,4 @@ class S5ImageProcessor(PilBackend):
         return maps
 
 
-__all__ = ["S5ImageProcessor", "S5_IMAGE_MEAN", "S5_IMAGE_STD"]
+__all__ = ["S5ImageProcessor", "S5_IMAGE_MEAN", "S5_IMAGE_STD", "clip_bands"]

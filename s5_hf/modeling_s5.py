@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
@@ -49,6 +50,24 @@ class S5ModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     feature_maps: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class S5EncoderOutput(ModelOutput):
+    """
+    Args:
+        stages (`tuple(torch.FloatTensor)`):
+            Outputs of the stages the caller asked for (stage i = output of block i-1), in the order asked, each of shape `(batch_size, num_patches, hidden_size)`.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_patches, hidden_size)`):
+            Output of the last block.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): embedding output and every block's output.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): every block's attention weights.
+    """
+
+    stages: tuple[torch.FloatTensor, ...] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -111,6 +130,23 @@ class TaskRouting:
         routing = cls.__new__(cls)
         routing.task_ids, routing.groups = task_ids, [(task, None)]
         return routing
+
+    def sorted_by_task(self) -> tuple[torch.LongTensor | None, TaskRouting]:
+        """`(order, routing)`: the stable sort that makes every task's rows contiguous and the routing of the
+        sorted batch, or `(None, self)` when the rows already are. The sorted routing is derived from this one
+        (group sizes are known), without reading the task ids on the host a second time."""
+        if self.single or self.slices is not None:
+            return None, self
+        order = torch.argsort(self.task_ids, stable=True)
+        routing = TaskRouting.__new__(TaskRouting)
+        routing.task_ids = self.task_ids.index_select(0, order)
+        routing.groups, routing.slices, start = [], [], 0
+        for task, rows in self.groups:
+            span = slice(start, start + rows.numel())
+            routing.groups.append((task, torch.arange(span.start, span.stop, device=self.task_ids.device)))
+            routing.slices.append((task, span))
+            start = span.stop
+        return order, routing
 
     @property
     def single(self) -> bool:
@@ -329,8 +365,36 @@ class S5MLP(nn.Module):
         return torch.cat([self.fc2(hidden_states), self.experts[task](hidden_states)], dim=-1)
 
 
+# Ops whose outputs the "elementwise" checkpointing keeps: the matmuls and attention kernels (the compute). The
+# rest of a block (layer norms, GELU, residual adds, copies) is recomputed in the backward pass: a few percent of the
+# block's time for about a third of its saved activations. Random ops (dropout, the drop-path mask) are recomputed
+# too: the checkpoint restores the RNG state, so they draw the same values.
+_KEPT_OPS = {
+    torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+}
+
+
+def _keep_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _elementwise_recompute_contexts():
+    return create_selective_checkpoint_contexts(_keep_matmul_outputs)
+
+
 class S5Layer(GradientCheckpointingLayer):
-    """Pre-norm transformer block. Drop path acts on the FFN branch only, as in the official code."""
+    """Pre-norm transformer block. Drop path acts on the FFN branch only, as in the official code.
+
+    `activation_checkpointing` (training only; set it with `S5PreTrainedModel.set_activation_checkpointing`) trades
+    compute for memory inside the block: "attention" recomputes the norm + attention branch in the backward pass,
+    "mlp" the norm + FFN branch, "elementwise" only the block's non-matmul ops. Whole-block recomputation is
+    transformers' `gradient_checkpointing` (mode "block")."""
+
+    activation_checkpointing = "none"
 
     def __init__(self, config: S5Config, drop_path: float):
         super().__init__()
@@ -340,10 +404,35 @@ class S5Layer(GradientCheckpointingLayer):
         self.mlp = S5MLP(config)
         self.drop_path = S5DropPath(drop_path)
 
-    def forward(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), **kwargs)
+    def _attention_branch(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.attention(self.layernorm_before(hidden_states), **kwargs)
+
+    def _mlp_branch(self, hidden_states: torch.Tensor, routing: TaskRouting) -> torch.Tensor:
+        return self.mlp(self.layernorm_after(hidden_states), routing)
+
+    def _block(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        attn_output, attn_weights = self._attention_branch(hidden_states, **kwargs)
         hidden_states = hidden_states + attn_output
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states), routing))
+        hidden_states = hidden_states + self.drop_path(self._mlp_branch(hidden_states, routing))
+        return hidden_states, attn_weights
+
+    def forward(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = self.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
+        # Non-reentrant checkpoints restore the RNG state for the recomputation, so dropout and drop path draw the
+        # same masks twice and the gradients equal those without checkpointing.
+        if mode == "elementwise":
+            return checkpoint(self._block, hidden_states, routing, use_reentrant=False,
+                              context_fn=_elementwise_recompute_contexts, **kwargs)
+        if mode == "attention":
+            attn_output, attn_weights = checkpoint(self._attention_branch, hidden_states, use_reentrant=False, **kwargs)
+        else:
+            attn_output, attn_weights = self._attention_branch(hidden_states, **kwargs)
+        hidden_states = hidden_states + attn_output
+        if mode == "mlp":  # drop path stays outside: its mask is one value per image
+            mlp_output = checkpoint(self._mlp_branch, hidden_states, routing, use_reentrant=False)
+        else:
+            mlp_output = self._mlp_branch(hidden_states, routing)
+        hidden_states = hidden_states + self.drop_path(mlp_output)
         return hidden_states, attn_weights
 
 
@@ -437,6 +526,23 @@ AUTO_MAP = {
 _LOCATION_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
+ACTIVATION_CHECKPOINTING_PARTS = ("elementwise", "attention", "mlp", "block")
+
+
+def parse_activation_checkpointing(mode: str) -> tuple[str, int]:
+    """"none" or "<part>[:k]" (see `S5PreTrainedModel.set_activation_checkpointing`) -> (part, k)."""
+    text = str(mode).strip().lower()
+    part, colon, every = text.partition(":")
+    if text == "none":
+        return "none", 1
+    if part in ACTIVATION_CHECKPOINTING_PARTS and (not colon or (every.isdigit() and int(every) >= 1)):
+        return part, int(every) if colon else 1
+    raise ValueError(
+        f"Unknown activation checkpointing mode {mode!r}: use 'none' or one of {', '.join(ACTIVATION_CHECKPOINTING_PARTS)}, "
+        f"optionally with ':k' for every k-th block only (e.g. 'block:2')."
+    )
+
+
 class S5PreTrainedModel(PreTrainedModel):
     config: S5Config
     config_class = S5Config
@@ -467,6 +573,42 @@ class S5PreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.num_batches_tracked)
         elif isinstance(module, S5Embeddings):
             nn.init.trunc_normal_(module.position_embeddings, std=std)
+
+    def set_activation_checkpointing(self, mode: str = "block") -> None:
+        """Choose what the backbone blocks recompute in the backward pass instead of keeping it (training only).
+
+        `mode` is "none", or a part, optionally followed by ":k" to apply it to every k-th block only (blocks 0,
+        k, 2k, ...; fewer recomputations, more memory):
+        - "elementwise": keep the outputs of the matmuls and attention, recompute the layer norms, GELU and
+          residual adds: about a third less block memory for a few percent more time;
+        - "attention": recompute the norm + attention branch; "mlp": the norm + FFN branch;
+        - "block": recompute the whole block from its input (transformers' `activation_checkpointing_enable`,
+          which keeps working on its own): the least memory, one more forward of the backbone.
+        Every mode gives the loss and gradients of "none" (the recomputation restores the RNG state, so
+        dropout and drop path draw the same masks). `benchmarks/TRAINING_MEMORY.md` measures the trade-off.
+        """
+        part, every = parse_activation_checkpointing(mode)
+        self.activation_checkpointing_disable()
+        if part == "block":
+            self.activation_checkpointing_enable(every_n_layers=every)
+        layers = [module for module in self.modules() if isinstance(module, S5Layer)]
+        for index, layer in enumerate(layers):
+            on = part not in ("none", "block") and index % every == 0
+            layer.activation_checkpointing = part if on else "none"
+
+    @property
+    def activation_checkpointing(self) -> str:
+        """The current `set_activation_checkpointing` mode ("custom" for a pattern no mode describes)."""
+        layers = [module for module in self.modules() if isinstance(module, S5Layer)]
+        parts = ["block" if layer.gradient_checkpointing else layer.activation_checkpointing for layer in layers]
+        on = [i for i, part in enumerate(parts) if part != "none"]
+        if not on:
+            return "none"
+        every = on[1] - on[0] if len(on) > 1 else max(len(layers), 1)
+        expected = [parts[on[0]] if i % every == 0 else "none" for i in range(len(layers))]
+        if parts != expected:
+            return "custom"
+        return parts[on[0]] if every == 1 else f"{parts[on[0]]}:{every}"
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         # Only the classes of this file: subclasses elsewhere (e.g. detection models) have their own Auto classes.
@@ -509,6 +651,11 @@ class S5PreTrainedModel(PreTrainedModel):
             )
 
 
+def stages_to_maps(stages: Sequence[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
+    """(batch, patches, hidden) token sequences -> (batch, hidden, grid_h, grid_w) maps for the neck."""
+    return [s.transpose(1, 2).reshape(s.shape[0], -1, *grid) for s in stages]
+
+
 class S5Encoder(nn.Module):
     def __init__(self, config: S5Config):
         super().__init__()
@@ -521,11 +668,13 @@ class S5Encoder(nn.Module):
         self,
         hidden_states: torch.Tensor,
         routing: TaskRouting,
-        keep: set[int],
+        out_indices: Sequence[int],
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ) -> tuple[dict[int, torch.Tensor], tuple | None, tuple | None]:
-        """Returns the outputs of the stages in `keep` (stage i = block i-1), and optionally all of them."""
+    ) -> S5EncoderOutput:
+        """Runs the blocks; `stages` holds the outputs of the stages in `out_indices` (stage i = block i-1), in
+        that order, and `hidden_states`/`attentions` optionally all of them."""
+        keep = set(out_indices)
         kept, all_hidden, all_attn = {}, (hidden_states,), ()
         kwargs = {"output_attentions": True} if output_attentions else {}
         for i, layer in enumerate(self.layer):
@@ -536,8 +685,12 @@ class S5Encoder(nn.Module):
                 all_hidden += (hidden_states,)
             if output_attentions:
                 all_attn += (attn,)
-        kept["last"] = hidden_states
-        return kept, all_hidden if output_hidden_states else None, all_attn if output_attentions else None
+        return S5EncoderOutput(
+            stages=tuple(kept[i] for i in out_indices),
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden if output_hidden_states else None,
+            attentions=all_attn if output_attentions else None,
+        )
 
 
 class S5Model(S5PreTrainedModel):
@@ -586,29 +739,24 @@ class S5Model(S5PreTrainedModel):
         checked = routing is not None
         if routing is None:
             routing = TaskRouting(resolve_task_ids(self.config, task, pixel_values.shape[0], pixel_values.device))
-        inverse = None
-        if not routing.single and routing.slices is None:
-            # Run the blocks sorted by task (contiguous rows: the experts take views, not gathered copies of the
-            # FFN activations in every block) and put the kept stages back in the caller's order once.
-            order = torch.argsort(routing.task_ids, stable=True)
-            inverse = torch.argsort(order)
+        # Run the blocks sorted by task (contiguous rows: the experts take views, not gathered copies of the FFN
+        # activations in every block) and put the outputs back in the caller's order once.
+        order, routing = routing.sorted_by_task()
+        if order is not None:
             pixel_values = pixel_values.index_select(0, order)
-            routing = TaskRouting(routing.task_ids.index_select(0, order))
         embeddings, (grid_h, grid_w) = self.embeddings(pixel_values, check=not checked)
-        kept, hidden_states, attentions = self.encoder(
-            embeddings, routing, set(self.config.out_indices), output_hidden_states, output_attentions
-        )
-        if inverse is not None:
-            kept = {key: value.index_select(0, inverse) for key, value in kept.items()}
+        encoded = self.encoder(embeddings, routing, self.config.out_indices, output_hidden_states, output_attentions)
+        stages, last = encoded.stages, encoded.last_hidden_state
+        hidden_states, attentions = encoded.hidden_states, encoded.attentions
+        if order is not None:
+            inverse = torch.argsort(order)
+            stages = tuple(s.index_select(0, inverse) for s in stages)
+            last = last.index_select(0, inverse)
             if hidden_states is not None:
                 hidden_states = tuple(h.index_select(0, inverse) for h in hidden_states)
             if attentions is not None:
                 attentions = tuple(a.index_select(0, inverse) for a in attentions)
-        batch = embeddings.shape[0]
-        maps = [
-            kept[i].transpose(1, 2).reshape(batch, -1, grid_h, grid_w) for i in self.config.out_indices
-        ]
-        last = kept["last"]
+        maps = stages_to_maps(stages, (grid_h, grid_w))
         output = S5ModelOutput(
             last_hidden_state=last,
             pooler_output=last.mean(dim=1),
@@ -667,19 +815,25 @@ def check_label_dtype(labels: torch.Tensor) -> None:
 
 
 def task_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, task_name: str = "task"
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None, task_name: str = "task"
 ) -> torch.Tensor:
-    """Mean cross-entropy over the pixels whose label is neither the task's ignore index nor the void id 255.
+    """Mean cross-entropy over the pixels whose label is neither the task's `ignore_index` (None: none) nor the
+    void id 255: the supervised loss of every S5 stage (S4P labeled term, MoE-MDF per task), computed in float32.
 
-    Labels outside `[0, num_classes)` that are not ignored raise an error naming them, instead of the opaque
-    device-side assertion (or silently wrong loss) of a plain `F.cross_entropy`.
+    `logits` are (batch, classes, ...) and `labels` (batch, ...) integer class ids. Labels outside
+    `[0, num_classes)` that are not ignored raise an error naming them, instead of the opaque device-side
+    assertion (or silently wrong loss) of a plain `F.cross_entropy`. With every pixel ignored the loss is 0, still
+    attached to the graph (zero gradients).
     """
-    num_classes = logits.shape[1]
     check_label_dtype(labels)
+    if logits.ndim < 2 or labels.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"{task_name}: logits {tuple(logits.shape)} (batch, classes, ...) do not match labels "
+                         f"{tuple(labels.shape)} (batch, ...).")
+    num_classes = logits.shape[1]
     labels = labels.long()
-    if labels.shape[-2:] != logits.shape[-2:]:
-        raise ValueError(f"{task_name}: labels are {tuple(labels.shape[-2:])} but logits are {tuple(logits.shape[-2:])}.")
-    ignored = (labels == ignore_index) | (labels == VOID_ID)
+    ignored = labels == VOID_ID
+    if ignore_index is not None:
+        ignored |= labels == ignore_index
     invalid = ~ignored & ((labels < 0) | (labels >= num_classes))
     if invalid.any():
         values = torch.unique(labels[invalid]).tolist()[:10]
@@ -687,10 +841,10 @@ def task_cross_entropy(
             f"{task_name}: label ids {values} are outside the {num_classes} classes 0..{num_classes - 1} "
             f"(ignored ids: {ignore_index} and {VOID_ID})."
         )
-    target = labels.masked_fill(ignored, -100)
-    if not (~ignored).any():  # every pixel ignored: a zero loss that still has a graph
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target, ignore_index=-100)
+    if bool(ignored.all()):
+        return logits.float().sum() * 0.0
+    # F.cross_entropy is one fused log-softmax + NLL: no probability tensor besides the log-softmax it keeps.
+    return F.cross_entropy(logits.float(), labels.masked_fill(ignored, -100), ignore_index=-100)
 
 
 class S5ForSemanticSegmentation(S5PreTrainedModel):
@@ -701,7 +855,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         super().__init__(config)
         self.s5 = S5Model(config)
         self.decoders = nn.ModuleList(S5UperNetDecoder(config) for _ in config.tasks)
-        self.classifiers = nn.ModuleList(S5Classifier(config, len(t["id2label"])) for t in config.tasks)
+        self.classifiers = nn.ModuleList(S5Classifier(config, t.num_labels) for t in config.tasks)
         self.post_init()
 
     def forward(
@@ -743,13 +897,8 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         # then work on views of the batch instead of gathered copies (index_select of the stride-4 neck maps
         # alone was +0.5 GB at 8 images of 512 px). Only the input, the low-resolution logits and the small
         # outputs are permuted; a batch whose tasks are already contiguous is not permuted at all.
-        order = None
-        if not routing.single and routing.slices is None:
-            order = torch.argsort(task_ids, stable=True)
-            run_routing = TaskRouting(task_ids.index_select(0, order))
-            run_pixels = pixel_values.index_select(0, order)
-        else:
-            run_routing, run_pixels = routing, pixel_values
+        order, run_routing = routing.sorted_by_task()
+        run_pixels = pixel_values if order is None else pixel_values.index_select(0, order)
         outputs = self.s5(
             run_pixels,
             output_hidden_states=output_hidden_states,
@@ -773,7 +922,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
             task_losses = {}
             for t, rows in routing.groups:
                 spec = self.config.tasks[t]
-                classes = len(spec["id2label"])
+                classes = spec.num_labels
                 if rows is None:
                     task_logits, task_labels = logits, labels
                 elif routing.slices is not None:
@@ -781,7 +930,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
                     task_logits, task_labels = logits[span, :classes], labels[span]
                 else:
                     task_logits, task_labels = logits.index_select(0, rows)[:, :classes], labels.index_select(0, rows)
-                task_losses[spec["name"]] = task_cross_entropy(task_logits, task_labels, spec["ignore_index"], spec["name"])
+                task_losses[spec.name] = task_cross_entropy(task_logits, task_labels, spec.ignore_index, spec.name)
             loss = sum(task_losses.values())
 
         output = S5SemanticSegmenterOutput(
@@ -819,9 +968,9 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         if order is not None:
             merged = merged.index_select(0, torch.argsort(order))
         logits = upsample(merged)
-        padded = torch.tensor([len(spec["id2label"]) < classes for spec in self.config.tasks], device=logits.device)
+        padded = torch.tensor([spec.num_labels < classes for spec in self.config.tasks], device=logits.device)
         if bool(padded.any()):
-            counts = torch.tensor([len(spec["id2label"]) for spec in self.config.tasks], device=logits.device)
+            counts = torch.tensor([spec.num_labels for spec in self.config.tasks], device=logits.device)
             channel = torch.arange(classes, device=logits.device)
             task_ids = routing.task_ids if order is None else routing.task_ids.index_select(0, torch.argsort(order))
             mask = channel[None, :] >= counts[task_ids][:, None]  # (batch, classes): channels beyond the task's
@@ -879,7 +1028,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         spec = self.config.tasks[index]
         config = copy.deepcopy(self.config)
         config.tasks = [copy.deepcopy(spec)]
-        config.set_default_task(spec["name"])
+        config.set_default_task(spec.name)
         single = type(self)(config)
         source, state = self.s5.state_dict(), {}
         for key, value in source.items():
@@ -930,7 +1079,7 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
             raise ValueError("add_task: adding the task would change whether the model has experts.")
         reference = self.decoders[source]
         parameter = next(reference.parameters())
-        classifier = S5Classifier(self.config, len(spec["id2label"]))
+        classifier = S5Classifier(self.config, spec.num_labels)
         for module in classifier.modules():
             self._init_weights(module)
         if self.config.use_experts:
@@ -1012,6 +1161,7 @@ MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(S5Config.model_type, S5
 
 __all__ = [
     "S5Backbone",
+    "S5EncoderOutput",
     "S5ForSemanticSegmentation",
     "S5Model",
     "S5ModelOutput",

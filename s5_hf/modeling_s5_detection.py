@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
 from .configuration_s5_detection import S5DetectionConfig
@@ -160,7 +161,7 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
     def __init__(self, config: S5DetectionConfig):
         super().__init__(config)
         self.s5 = S5Model(config)
-        self.heads = nn.ModuleList(S5DetectionHeads(config, len(t["id2label"])) for t in config.tasks)
+        self.heads = nn.ModuleList(S5DetectionHeads(config, t.num_labels) for t in config.tasks)
         self._anchor_cache: dict = {}
         self.post_init()
 
@@ -301,11 +302,11 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
                 if t["boxes"].ndim != 2 or t["boxes"].shape[-1] != 5 or t["labels"].shape[0] != t["boxes"].shape[0]:
                     raise ValueError(f"targets[{i}]: boxes must be (n, 5) (cx, cy, w, h, angle) with one label each, "
                                      f"got boxes {tuple(t['boxes'].shape)} and labels {tuple(t['labels'].shape)}.")
-                classes = len(self.config.tasks[int(task_ids[i])]["id2label"])
+                classes = self.config.tasks[int(task_ids[i])].num_labels
                 bad = t["labels"][(t["labels"] < 0) | (t["labels"] >= classes)]
                 if bad.numel():
                     raise ValueError(f"targets[{i}]: label {int(bad[0])} is outside the {classes} classes of task "
-                                     f"{self.config.tasks[int(task_ids[i])]['name']!r}.")
+                                     f"{self.config.tasks[int(task_ids[i])].name!r}.")
         if image_sizes is None:
             image_sizes = [tuple(pixel_values.shape[-2:])] * batch
         features = self.s5(pixel_values, task=task_ids, return_dict=True).feature_maps
@@ -318,7 +319,7 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
         proposals_out: list = [None] * batch
         for t, rows in routing.groups:
             spec = self.config.tasks[t]
-            num_classes = len(spec["id2label"])
+            num_classes = spec.num_labels
             index = list(range(batch)) if rows is None else rows.tolist()
             heads = self.heads[t]
             maps = features if rows is None else [f.index_select(0, rows) for f in features]
@@ -340,7 +341,7 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
                 norm = max(roi_labels.numel(), 1)
                 roi_cls = F.cross_entropy(cls_logits.float(), roi_labels, reduction="sum") / norm
                 roi_reg = _smooth_l1(reg[positive].float() - roi_deltas[positive], self.config.roi_smooth_l1_beta).sum() / norm
-                name = spec["name"]
+                name = spec.name
                 loss_dict.update({f"{name}/rpn_cls": rpn_cls, f"{name}/rpn_box": rpn_reg,
                                   f"{name}/roi_cls": roi_cls, f"{name}/roi_box": roi_reg})
             if not self.training:
@@ -390,5 +391,9 @@ class S5ForOrientedDetection(S5DetectionPreTrainedModel):
         new.s5.load_state_dict(target, strict=True)
         return new
 
+
+# The object-detection pipelines check the model's class name against this table (not against the registered Auto
+# classes) and log an error otherwise; here rather than in s5_hf/__init__.py so that it holds for remote code too.
+MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(S5DetectionConfig.model_type, S5ForOrientedDetection.__name__)
 
 __all__ = ["S5ForOrientedDetection", "S5OrientedDetectionOutput", "S5DetectionPreTrainedModel"]

@@ -1,16 +1,18 @@
 """The README's main job: the whole S5 pipeline at toy scale, on bundled and synthetic data, in a few minutes.
 
-    python -m s5_hf.quickstart --output-dir outputs/quickstart
+    python -m s5_hf.quickstart --output_dir outputs/quickstart
 
 1. Data: synthetic look-alikes of iSAID, Vaihingen, Potsdam, OpenEarthMap and LoveDA in their owners' layouts, and
    an unlabeled pool of 64 px patches cut from the bundled NEON aerial scenes plus synthetic iSAID-like and noise
    images.
 2. Scoring model: a tiny S5 segmentation model trained (supervised) on the fake iSAID.
-3. RS4P selection (`training/select_rs4p.py`): score the pool, rank by foreground entropy, fill cluster quotas,
-   write the selection with pseudo-labels as Parquet shards with a card.
-4. S4P (`training/pretrain_s4p.py`): semi-supervised pretraining on the fake iSAID + the selection. At toy scale it
-   starts from the scoring model (the paper starts from MAE weights, which cannot be downloaded here).
-5. MoE-MDF (`training/finetune_mdf.py`): experts and decoders for the four datasets, initialised from S4P.
+3. RS4P selection (`s5_hf.rs4p`, `training/select_rs4p.py`): score the pool, rank by foreground entropy, fill
+   cluster quotas, write the selection with pseudo-labels as Parquet shards with a card.
+4. S4P (`s5_hf.training.s4p`, `training/pretrain_s4p.py`): semi-supervised pretraining on the fake iSAID + the
+   selection. At toy scale it starts from the scoring model (the paper starts from MAE weights, which cannot be
+   downloaded here).
+5. MoE-MDF (`s5_hf.training.mdf`, `training/finetune_mdf.py`): experts and decoders for the four datasets,
+   initialised from S4P.
 6. Evaluation table (each dataset's protocol), reload through the transformers Auto classes, and segmentation of
    the bundled scene with every dataset head (PNG masks and colour overlays with legends).
 
@@ -30,7 +32,6 @@ earlier quickstart (`--overwrite_output_dir`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -41,29 +42,18 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from . import files, sample_data
+from .cli import ArgumentParser
 from .data import synthetic
 from .inference.sliding_window import segment_scene
 from .label_sets import MDF_TASKS
 from .visualize import colorize, legend, overlay, task_palette, with_legend
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 64,
         "out_indices": [1, 2, 3, 4], "decoder_hidden_size": 32, "drop_path_rate": 0.0}
 CROP = 64
 # ISPRS readers cut 512 px patches by default; the synthetic tiles are 64-80 px.
 READER_OPTIONS = {"vaihingen": {"patch_size": 64, "stride": 64}, "potsdam": {"patch_size": 64, "stride": 64},
                   "isaid": {"patch_size": 64, "stride": 64}}
-
-
-def training_script(name: str):
-    """A program of `training/` (they live beside the package in a source checkout, like HF's examples)."""
-    path = REPO / "training" / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the quickstart runs from a source checkout of s5-hf.")
-    spec = importlib.util.spec_from_file_location(f"s5_training_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_data(root: Path, seed: int) -> dict[str, Path]:
@@ -124,11 +114,11 @@ def mdf_baseline(finetune, arguments: list[str]) -> dict:
 
     from .evaluation.protocols import evaluate_sources
 
-    args = finetune.parse_args(arguments)
-    torch.manual_seed(args.seed)
-    model = finetune.build_model(args)
-    return evaluate_sources(model, args.sources, args.test_splits, crop_size=args.crop_size,
-                            max_samples=args.max_eval_samples, reader_options=args.reader_options)
+    run = finetune.parse_args(arguments)
+    torch.manual_seed(run.training.seed)
+    model = finetune.build_model(run)
+    return evaluate_sources(model, run.sources, run.test_splits, crop_size=run.training.crop_size,
+                            max_samples=run.training.max_eval_samples, reader_options=run.data.reader_options)
 
 
 def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
@@ -140,9 +130,9 @@ def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
     written = {}
     for task in model.config.task_names:
         labels = segment_scene(model, scene_path, task, processor=processor, window=4 * CROP, overlap=0.25)
-        spec = model.config.tasks[model.config.task_index(task)]
+        spec = model.config.get_task(task)
         palette = task_palette(spec)
-        panel = legend(list(spec["id2label"].values()), palette, title=task, present=np.unique(labels))
+        panel = legend(list(spec.id2label.values()), palette, title=task, present=np.unique(labels))
         for path, image in ((out / f"mask_{task}.png", colorize(labels, palette)),
                             (out / f"overlay_{task}.png", with_legend(overlay(scene, labels, palette), panel))):
             with files.atomic_path(path) as temporary:
@@ -152,8 +142,8 @@ def segment_bundled_scene(model_dir: Path, out: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/quickstart")
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="outputs/quickstart")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=60, help="Training steps of each stage (MDF: twice as many).")
     args = parser.parse_args(argv)
@@ -161,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("s5_hf.quickstart")
-    finetune, pretrain = training_script("finetune_mdf"), training_script("pretrain_s4p")
+    from .training import mdf as finetune, s4p as pretrain
+
     # datasets pauses 5 s whenever a Parquet stream ends (PyArrow thread shutdown); the toy RS4P selection ends every
     # few batches, so the pause would dominate the S4P stage.
     datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0.2

@@ -8,28 +8,25 @@ import json
 import pytest
 import torch
 
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5ForSemanticSegmentation
 from s5_hf.modeling_s5 import adapt_patch_embedding
+from s5_hf.training import mdf as finetune
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 64,
-        "out_indices": [1, 2, 3, 4], "decoder_hidden_size": 16}
 CROPS = {"name": "mycrops", "id2label": {0: "soil", 1: "wheat", 2: "maize"}, "ignore_index": 255}
 
 
-def trained_like(model: S5ForSemanticSegmentation) -> S5ForSemanticSegmentation:
-    """Give every BatchNorm non-trivial running statistics (as after training), so copies and eval mode matter."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return model
+# Every BatchNorm gets non-trivial running statistics (randomize_batchnorm, as after training), so that copies and
+# eval mode matter.
+@pytest.fixture
+def mdf_model(tiny_config, randomize_batchnorm):
+    """`mdf_model(part_features=8)`: a seeded two-task (Vaihingen, Potsdam) tiny model in eval mode."""
 
+    def make(part_features: int = 8) -> S5ForSemanticSegmentation:
+        torch.manual_seed(0)
+        config = tiny_config(tasks=["vaihingen", "potsdam"], part_features=part_features)
+        return randomize_batchnorm(S5ForSemanticSegmentation(config)).eval()
 
-def mdf_model(part_features: int = 8) -> S5ForSemanticSegmentation:
-    torch.manual_seed(0)
-    config = S5Config(**TINY, tasks=["vaihingen", "potsdam"], part_features=part_features)
-    return trained_like(S5ForSemanticSegmentation(config)).eval()
+    return make
 
 
 def old_logits(model, pixels):
@@ -38,7 +35,7 @@ def old_logits(model, pixels):
 
 
 @pytest.mark.parametrize("part_features", [8, 0])
-def test_add_task_keeps_every_old_task_bit_identical(part_features, tmp_path):
+def test_add_task_keeps_every_old_task_bit_identical(mdf_model, part_features, tmp_path):
     model = mdf_model(part_features)
     pixels = torch.randn(2, 3, 64, 64)
     before = old_logits(model, pixels)
@@ -76,7 +73,7 @@ def test_add_task_keeps_every_old_task_bit_identical(part_features, tmp_path):
         assert torch.equal(loaded(pixels, task="mycrops").logits, new)
 
 
-def test_add_task_errors_name_the_problem():
+def test_add_task_errors_name_the_problem(mdf_model, tiny_config):
     model = mdf_model()
     with pytest.raises(ValueError, match="Unknown task 'nosuch'"):
         model.add_task(CROPS, init_from="nosuch")
@@ -85,15 +82,21 @@ def test_add_task_errors_name_the_problem():
     with pytest.raises(ValueError, match="Unknown task 'mydata'"):
         model.add_task("mydata")
     assert model.config.task_names == ["vaihingen", "potsdam"] and len(model.decoders) == 2
-    single = S5ForSemanticSegmentation(S5Config(**TINY, tasks=["vaihingen"], part_features=8))
+    single = S5ForSemanticSegmentation(tiny_config(tasks=["vaihingen"], part_features=8))
     with pytest.raises(ValueError, match="from_single_task"):
         single.add_task(CROPS)
 
 
 # ---- RGB checkpoint on N bands -------------------------------------------------------------------------------
-def rgb_model() -> S5ForSemanticSegmentation:
-    torch.manual_seed(0)
-    return trained_like(S5ForSemanticSegmentation(S5Config(**TINY, tasks=["vaihingen"]))).eval()
+@pytest.fixture
+def rgb_model(tiny_config, randomize_batchnorm):
+    """`rgb_model()`: a seeded single-task (Vaihingen) RGB tiny model in eval mode."""
+
+    def make() -> S5ForSemanticSegmentation:
+        torch.manual_seed(0)
+        return randomize_batchnorm(S5ForSemanticSegmentation(tiny_config(tasks=["vaihingen"]))).eval()
+
+    return make
 
 
 def zero_extra_filters(model, rgb_bands, factor: float = 1.0) -> None:
@@ -105,7 +108,7 @@ def zero_extra_filters(model, rgb_bands, factor: float = 1.0) -> None:
 
 
 @pytest.mark.parametrize("bands", [4, 13])
-def test_adapted_model_with_zero_extra_filters_reproduces_the_rgb_model(bands, tmp_path):
+def test_adapted_model_with_zero_extra_filters_reproduces_the_rgb_model(rgb_model, bands, tmp_path):
     model = rgb_model()
     rgb = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -150,7 +153,7 @@ def test_adapted_model_with_zero_extra_filters_reproduces_the_rgb_model(bands, t
     ({"num_channels": 4, "rgb_bands": (0, 1, 4)}, "rgb_bands must be three distinct band indices in 0..3"),
     ({"num_channels": 4, "rgb_bands": (0, 0, 1)}, "rgb_bands must be three distinct"),
 ])
-def test_adapt_patch_embedding_errors_name_the_problem(kwargs, message):
+def test_adapt_patch_embedding_errors_name_the_problem(rgb_model, kwargs, message):
     model = rgb_model()
     with pytest.raises(ValueError, match=message):
         adapt_patch_embedding(model, **kwargs)
@@ -161,17 +164,17 @@ def test_adapt_patch_embedding_errors_name_the_problem(kwargs, message):
 
 
 # ---- --train_only_new ------------------------------------------------------------------------------------------
-def test_train_only_new_trains_the_new_task_and_keeps_the_old_ones_bit_identical(tmp_path):
+def test_train_only_new_trains_the_new_task_and_keeps_the_old_ones_bit_identical(tiny_config, randomize_batchnorm,
+                                                                                   tmp_path):
     from s5_hf.data.synthetic import make_fake_potsdam
-    from test_training import ISPRS_64, finetune
 
     make_fake_potsdam(tmp_path / "potsdam")
     torch.manual_seed(0)
-    start = trained_like(S5ForSemanticSegmentation(
-        S5Config(**TINY, tasks=["vaihingen", "isaid"], part_features=8, drop_path_rate=0.0))).eval()
+    start = randomize_batchnorm(S5ForSemanticSegmentation(
+        tiny_config(tasks=["vaihingen", "isaid"], part_features=8, drop_path_rate=0.0))).eval()
     start.save_pretrained(tmp_path / "start")
     args = ["--model_name_or_path", str(tmp_path / "start"), "--train_datasets", f"potsdam={tmp_path / 'potsdam'}",
-            "--train_only_new", "--reader_options", json.dumps({"potsdam": ISPRS_64["potsdam"]}),
+            "--train_only_new", "--reader_options", json.dumps({"potsdam": {"patch_size": 64, "stride": 64}}),
             "--output_dir", str(tmp_path / "run"), "--crop_size", "64", "--batch_size", "2",
             "--learning_rate", "5e-3", "--loss_start", "--max_train_steps", "3", "--eval_steps", "0",
             "--validation_splits", "potsdam=", "--test_splits", "potsdam=", "--logging_steps", "1"]
@@ -196,9 +199,7 @@ def test_train_only_new_trains_the_new_task_and_keeps_the_old_ones_bit_identical
                            before["s5.encoder.layer.0.mlp.experts.0.weight"])
 
 
-def test_train_only_new_refuses_an_old_task(tmp_path):
-    from test_training import finetune
-
+def test_train_only_new_refuses_an_old_task(mdf_model, tmp_path):
     mdf_model().save_pretrained(tmp_path / "start")
     args = finetune.parse_args(["--model_name_or_path", str(tmp_path / "start"), "--train_datasets",
                                 f"potsdam={tmp_path}", "--train_only_new", "--output_dir", str(tmp_path / "run")])

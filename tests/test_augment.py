@@ -342,3 +342,28 @@ def test_augmented_dataset_depends_only_on_seed_epoch_index(labeled_dataset):
     assert not torch.equal(dataset[0][0], forward[0][0])
     with pytest.raises(ValueError, match="non-negative"):
         sample_generator(-1)
+
+
+def test_augmented_stream_depends_only_on_seed_epoch_and_row_id(labeled_dataset):
+    from s5_hf.training.augment import row_seed_key
+
+    rows = labeled_dataset.add_column("id", [f"tile-{i}" for i in range(len(labeled_dataset))])
+    stream = rows.to_iterable_dataset(num_shards=2)
+    augmented = AugmentedDataset(stream, LabeledTransform(32), seed=1)
+    # The same class for streams, but iterable: a DataLoader iterates it and its workers split the shards.
+    assert isinstance(augmented, AugmentedDataset) and isinstance(augmented, torch.utils.data.IterableDataset)
+    assert not isinstance(AugmentedDataset(rows, LabeledTransform(32)), torch.utils.data.IterableDataset)
+    by_id = {}
+    for row, sample in zip(stream, augmented):
+        expected = LabeledTransform(32)(row, generator=sample_generator(1, 0, row_seed_key(row)))
+        assert_outputs_equal(sample, expected)
+        by_id[row["id"]] = sample
+    # Two workers each read one shard: the samples are those of the serial pass, whatever the order.
+    parallel = list(torch.utils.data.DataLoader(augmented, batch_size=None, num_workers=2))
+    assert len(parallel) == len(by_id)
+    for image, mask in parallel:
+        assert any(torch.equal(image, s[0]) and torch.equal(mask, s[1]) for s in by_id.values())
+    augmented.set_epoch(1)
+    assert not torch.equal(next(iter(augmented))[0], by_id[next(iter(stream))["id"]][0])
+    with pytest.raises(KeyError, match="'id' column"):
+        next(iter(AugmentedDataset(labeled_dataset.to_iterable_dataset(), LabeledTransform(32))))

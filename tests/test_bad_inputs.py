@@ -634,14 +634,9 @@ _TRAINING_TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_head
 
 
 def _training_script(name):
-    import importlib.util
-    from pathlib import Path
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bad_inputs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module({"pretrain_s4p": "s5_hf.training.s4p", "finetune_mdf": "s5_hf.training.mdf"}[name])
 
 
 def _training_s4p_args(inputs, out, *extra):
@@ -720,7 +715,7 @@ def _case_training_label_ids_out_of_range(inputs, tmp_path):
     shards = _training_shards(tmp_path / "labels", [Image.new("L", (64, 64), 40) for _ in range(4)])
     args = _training_s4p_args(inputs, tmp_path / "out", "--labeled_options", "{}")
     args[args.index("--labeled") + 1] = f"isaid={shards}"
-    return ("s4p", args, ValueError, r"Target ids \[40\] are outside the 16 classes 0..15", tmp_path / "out")
+    return ("s4p", args, ValueError, r"(Target|label) ids \[40\] are outside the 16 classes 0..15", tmp_path / "out")
 
 
 def _case_training_output_dir_of_another_run(inputs, tmp_path):
@@ -821,7 +816,7 @@ SEGMENT_CASES = [
     ("missing-band", ["{root}/rgba.png", "{root}/new/mask.png", "--bands", "1,2,7"], 1,
      r"rgba\.png: band\(s\) \[7\] do not exist"),
     ("sixteen-bit-without-rescale", ["{root}/deep16.png", "{root}/new/mask.png", "--bands", "1,1,1"], 1,
-     r"deep16\.png: holds uint16 values.*--rescale-factor"),
+     r"deep16\.png: holds uint16 values.*--rescale_factor"),
     ("missing-input", ["{root}/nothing.png", "{root}/new/mask.png"], 2, r"nothing\.png: no such file"),
     ("folder-mode-output-is-a-file", ["{root}/scenes", "{root}/earlier_mask.png"], 2,
      r"earlier_mask\.png: is a file; folder mode"),
@@ -872,7 +867,7 @@ def test_s5_segment_refuses_bad_input(case, segment_model_dir, tmp_path, capsys,
 @pytest.mark.parametrize("argv,code,message", [
     (["--list-tasks"], 2, r"--model"),  # the model is what --list-tasks lists
     (["in.png", "--model", "m", "--window", "many"], 2, r"--window: invalid int value: 'many'"),
-    (["in.png", "--model", "m", "--bands", "red"], 2, r"--bands takes 1-based band numbers"),
+    (["in.png", "--model", "m", "--bands", "0,1,2"], 2, r"--bands takes 1-based band numbers or band descriptions"),
     (["in.png", "--model", "m", "--format", "jpeg"], 2, r"--format: invalid choice: 'jpeg'"),
 ], ids=["list-tasks-without-model", "window-not-a-number", "bands-not-numbers", "unknown-format"])
 def test_s5_segment_rejects_bad_options(argv, code, message, tmp_path, capsys, monkeypatch):

@@ -136,7 +136,7 @@ def test_inferred_config_matches_the_official_small_config():
         config["hidden_size"], config["num_layers"], config["image_size"], config["decoder_channels"],
         config["part_features"])
     assert c.task_names == config["tasks"]
-    assert [len(t["id2label"]) for t in c.tasks] == [config["num_classes"][t] for t in config["tasks"]]
+    assert [t.num_labels for t in c.tasks] == [config["num_classes"][t] for t in config["tasks"]]
 
 
 def test_cli_writes_a_loadable_folder_from_a_wrapped_pth(tmp_path):
@@ -356,3 +356,18 @@ def test_from_official_downloads_converts_and_caches(hub, tmp_path, monkeypatch,
     assert "missing.pth" in cli_error(["--repo-id", "lianglyu/S5", "--filename", "missing.pth",
                                        str(tmp_path / "none")], capsys)
     assert not (tmp_path / "none").exists()
+
+
+def test_cli_flags_are_snake_case_and_the_kebab_case_spelling_still_parses(capsys):
+    from s5_hf.convert_official import build_parser
+
+    snake = ["--repo_id", "o/r", "--filename", "f.pth", "--num_attention_heads", "2", "--out_indices", "1,2,3,4",
+             "--pool_scales", "1,2", "--trust_pickle", "out"]
+    kebab = [flag.replace("_", "-") if flag.startswith("--") else flag for flag in snake]
+    parsed = vars(build_parser().parse_args(snake))
+    assert parsed == vars(build_parser().parse_args(kebab))
+    assert parsed["out_indices"] == [1, 2, 3, 4] and parsed["trust_pickle"] is True
+    defaults = vars(build_parser().parse_args(["ckpt.pth", "out"]))
+    assert defaults["trust_pickle"] is False and defaults["num_attention_heads"] is None
+    help_text = build_parser().format_help()
+    assert "--num_attention_heads" in help_text and "--num-attention-heads" not in help_text

@@ -1,8 +1,6 @@
-"""training/finetune_detection.py on the synthetic DIOR-R and DOTA-v2 look-alikes: runs, evaluates, saves, resumes."""
+"""`s5_hf.training.detection` (training/finetune_detection.py) on the synthetic DIOR-R and DOTA-v2 look-alikes: runs, evaluates, saves, resumes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,17 +10,15 @@ from s5_hf import S5Config, S5ForSemanticSegmentation, files
 from s5_hf.detection import make_fake_dior_r, make_fake_dota
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 
-SCRIPT = Path(__file__).resolve().parents[1] / "training" / "finetune_detection.py"
 OVERRIDES = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "out_indices": [1, 2, 3, 4],
              "part_features": 8, "fpn_channels": 16, "roi_fc_dim": 32, "anchor_scales": [4], "rpn_pre_nms": 100,
              "rpn_max_proposals": 50, "rpn_num_samples": 32, "roi_num_samples": 32, "drop_path_rate": 0.0}
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("finetune_detection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from s5_hf.training import detection
+
+    return detection
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +47,7 @@ def test_runs_evaluates_saves_and_resumes(roots, tmp_path):
     assert len(metrics) == steps and all("dior_test_map" in m for m in metrics if m["step"] % (steps // 2) == 0)
     assert metrics[0]["lr"] < metrics[2]["lr"]  # warm-up from 0.001x
     model = S5ForOrientedDetection.from_pretrained(tmp_path / "full" / "model")
-    assert model.config.task_names == ["dior", "dota"] and len(model.config.get_task("dior")["id2label"]) == 3
+    assert model.config.task_names == ["dior", "dota"] and model.config.get_task("dior").num_labels == 3
     assert sorted(p.name for p in (tmp_path / "full").iterdir() if p.name.startswith("checkpoint-"))[-1] == f"checkpoint-{steps:06d}"
 
     # Stop after 2 steps, resume from that checkpoint: the same final weights as the uninterrupted run.
@@ -121,7 +117,7 @@ def test_damaged_checkpoint_is_refused(roots, tmp_path):
         script.main(argv(roots, out, "--resume_from_checkpoint", "latest"))
 
 
-def test_push_to_hub_card_carries_the_runs_map(roots, tmp_path, hub):
+def test_push_to_hub_card_carries_the_runs_map(roots, tmp_path, hub, monkeypatch):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForObjectDetection
 
@@ -129,7 +125,7 @@ def test_push_to_hub_card_carries_the_runs_map(roots, tmp_path, hub):
     # A 2-step tiny run scores 0.0, which a card could show without reading the run: the evaluation is wrapped so
     # that the run measures a distinctive value (the real evaluation still runs).
     evaluate = script.evaluate_dior
-    script.evaluate_dior = lambda *a: evaluate(*a) + 0.4321
+    monkeypatch.setattr(script, "evaluate_dior", lambda *a: evaluate(*a) + 0.4321)
     out = tmp_path / "run"
     result = script.main(argv(roots, out, "--max_steps", "2", "--push_to_hub", "--hub_model_id", "someone/s5-det-tiny"))
     assert result["commit_url"]
@@ -144,3 +140,30 @@ def test_push_to_hub_card_carries_the_runs_map(roots, tmp_path, hub):
     local = S5ForOrientedDetection.from_pretrained(out / "model")
     a, b = model.state_dict(), local.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parquet_shards_train_exactly_as_the_raw_layouts(roots, tmp_path):
+    """DIOR-R (trainval + test) and DOTA-v2 (patches) written as Parquet shards give the same run as the folders."""
+    from s5_hf.configuration_s5_detection import DIOR_R_CLASSES, DOTA_V2_CLASSES
+    from s5_hf.data import to_parquet_shards
+    from s5_hf.detection import read_dior_r, read_dota
+    from s5_hf.detection.shards import detection_dataset
+
+    for split in ("trainval", "test"):  # other splits already in the folder are kept
+        to_parquet_shards(detection_dataset(read_dior_r(roots[0], split, DIOR_R_CLASSES[:3]), "dior"),
+                          tmp_path / "dior_shards", split=split, validate=False)
+    dota = detection_dataset(read_dota(roots[1], "train", DOTA_V2_CLASSES[:3], 64, 16), "dota")
+    to_parquet_shards(dota, tmp_path / "dota_shards", validate=False)
+    script = load_script()
+    script.main(argv(roots, tmp_path / "folders", "--max_steps", "2"))
+    script.main(argv((tmp_path / "dior_shards", tmp_path / "dota_shards"), tmp_path / "shards", "--max_steps", "2"))
+    a = load_file(tmp_path / "folders" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "shards" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Rows of the other dataset, or labels beyond the classes, are refused with the row named.
+    to_parquet_shards(dota, tmp_path / "wrong", split="trainval", validate=False)
+    with pytest.raises(ValueError, match=r"row '.*' holds 'dota' boxes, not 'dior'"):
+        script.main(argv((tmp_path / "wrong", tmp_path / "dota_shards"), tmp_path / "mixed", "--max_steps", "1"))
+    with pytest.raises(ValueError, match=r"has label 2, outside the 2 classes of dota"):
+        script.main(argv((tmp_path / "dior_shards", tmp_path / "dota_shards"), tmp_path / "few", "--max_steps", "1",
+                         "--dota_classes", "2"))

@@ -10,24 +10,24 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5ForSemanticSegmentation
 from s5_hf.configuration_s5_detection import S5DetectionConfig
 from s5_hf.image_processing_s5_detection import S5DetectionImageProcessor
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection, S5OrientedDetectionOutput
 from s5_hf.obb_geometry import obb_to_corners
 
-TASKS = [{"name": "dior", "id2label": {0: "airplane", 1: "ship"}}, {"name": "dota", "id2label": {0: "plane"}}]
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64, out_indices=[1, 2, 3, 4],
-            part_features=8, fpn_channels=16, roi_fc_dim=32, anchor_scales=[4], rpn_pre_nms=200, rpn_max_proposals=60,
-            roi_num_samples=32, rpn_num_samples=64, drop_path_rate=0.0, tasks=TASKS)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    return S5ForOrientedDetection(S5DetectionConfig(**{**TINY, **overrides}))
+@pytest.fixture
+def tiny_model(tiny_detection_config):
+    """`tiny_model(**overrides)`: the conftest tiny detector, weights from `torch.manual_seed(0)`."""
+    def make(**overrides):
+        torch.manual_seed(0)
+        return S5ForOrientedDetection(tiny_detection_config(**overrides))
+    return make
 
 
 def targets():
@@ -55,8 +55,8 @@ def test_full_size_parameter_counts_match_the_paper():
 
 def test_config_defaults_and_errors():
     config = S5DetectionConfig()
-    assert config.task_names == ["dior", "dota"] and len(config.get_task("dior")["id2label"]) == 20
-    assert len(config.get_task("dota")["id2label"]) == 18 and config.image_size == 1024
+    assert config.task_names == ["dior", "dota"] and config.get_task("dior").num_labels == 20
+    assert config.get_task("dota").num_labels == 18 and config.image_size == 1024
     assert config.anchor_strides == [4, 8, 16, 32, 64] and config.roi_enlarge == [1.4, 1.2]
     with pytest.raises(ValueError, match="one stride per FPN level"):
         S5DetectionConfig(anchor_strides=[4, 8, 16, 32])
@@ -64,7 +64,7 @@ def test_config_defaults_and_errors():
         S5DetectionConfig(tasks=["dior-r"])
 
 
-def test_head_initialisation():
+def test_head_initialisation(tiny_model):
     model = tiny_model(fpn_channels=64, roi_fc_dim=256)
     heads = model.heads[0]
     assert heads.rpn.cls.weight.std().item() == pytest.approx(0.01, rel=0.3)
@@ -78,7 +78,7 @@ def test_head_initialisation():
     assert all(b.abs().max() == 0 for b in (heads.rpn.cls.bias, heads.roi.reg.bias, heads.fpn.lateral_convs[0].bias))
 
 
-def test_training_losses_and_gradients():
+def test_training_losses_and_gradients(tiny_model):
     model = tiny_model().train()
     pixel_values = torch.randn(3, 3, 64, 64)
     out = model(pixel_values, task=["dior", "dota", "dior"], targets=targets())
@@ -95,7 +95,7 @@ def test_training_losses_and_gradients():
     assert model.s5.encoder.layer[0].mlp.experts[0].weight.grad is None
 
 
-def test_mixed_batch_equals_separate_batches():
+def test_mixed_batch_equals_separate_batches(tiny_model):
     model = tiny_model().eval()
     pixel_values = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_mixed_batch_equals_separate_batches():
     assert all((b[:, 2] >= b[:, 3]).all() for b in mixed.boxes)  # regular form
 
 
-def test_bad_targets_are_named():
+def test_bad_targets_are_named(tiny_model):
     model = tiny_model().train()
     x = torch.randn(2, 3, 64, 64)
     good = targets()[:2]
@@ -126,10 +126,9 @@ def test_bad_targets_are_named():
         model(x, task="dota", targets=good)
 
 
-def test_from_single_task_keeps_the_pretrained_backbone():
-    seg = S5ForSemanticSegmentation(S5Config(**{k: TINY[k] for k in ("hidden_size", "num_hidden_layers",
-                                   "num_attention_heads", "image_size", "out_indices")}, tasks=["isaid"])).eval()
-    config = S5DetectionConfig(**{**TINY, "image_size": 128})  # detection size 2x the pretraining size
+def test_from_single_task_keeps_the_pretrained_backbone(tiny_config, tiny_detection_config):
+    seg = S5ForSemanticSegmentation(tiny_config(tasks=["isaid"])).eval()
+    config = tiny_detection_config(image_size=128)  # detection size 2x the pretraining size
     det = S5ForOrientedDetection.from_single_task(seg, config).eval()
     assert det.s5.embeddings.position_embeddings.shape[1] == 64  # 8 x 8, resized from 4 x 4
     x = torch.randn(2, 3, 128, 128)
@@ -139,10 +138,10 @@ def test_from_single_task_keeps_the_pretrained_backbone():
             got = det.s5(x, task=task).feature_maps
             assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
     with pytest.raises(ValueError, match="Backbone configurations differ"):
-        S5ForOrientedDetection.from_single_task(seg, S5DetectionConfig(**{**TINY, "hidden_size": 64, "part_features": 16}))
+        S5ForOrientedDetection.from_single_task(seg, tiny_detection_config(hidden_size=64, part_features=16))
 
 
-def test_save_load_auto_and_remote_code(tmp_path):
+def test_save_load_auto_and_remote_code(tmp_path, tiny_model):
     model = tiny_model().eval()
     model.save_pretrained(tmp_path / "det")
     S5DetectionImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "det")
@@ -190,11 +189,14 @@ def test_image_processor_post_process():
     assert result["labels"].tolist() == [1] and torch.allclose(result["corners"], obb_to_corners(out.boxes[0][:1]))
     # to a 128 x 128 original: uniform factor 2 -> same angle, double size and centre
     (scaled,) = processor.post_process_object_detection(out, threshold=0.05, target_sizes=[(128, 128)])
-    assert torch.allclose(scaled["boxes"], torch.tensor([[64.0, 64, 40, 20, 0.5]]), atol=1e-4)
+    assert torch.allclose(scaled["oriented_boxes"], torch.tensor([[64.0, 64, 40, 20, 0.5]]), atol=1e-4)
     assert torch.allclose(scaled["corners"], 2 * result["corners"], atol=1e-4)
+    # boxes: the corners' axis-aligned hull, in the transformers (xmin, ymin, xmax, ymax) convention
+    corners = scaled["corners"][0]
+    assert torch.allclose(scaled["boxes"][0], torch.cat([corners.min(0).values, corners.max(0).values]))
 
 
-def test_inference_equals_per_class_rotated_nms_reference():
+def test_inference_equals_per_class_rotated_nms_reference(tiny_model):
     from s5_hf.obb_coder_delta import delta_decode
     from s5_hf.obb_nms import batched_obb_nms
     from s5_hf.obb_roi_align import extract_roi_features
@@ -221,7 +223,7 @@ def test_inference_equals_per_class_rotated_nms_reference():
     assert torch.allclose(out.boxes[0], boxes[rows][keep], atol=1e-5)
 
 
-def test_bfloat16_autocast_training_and_inference():
+def test_bfloat16_autocast_training_and_inference(tiny_model):
     model = tiny_model()
     x = torch.randn(3, 3, 64, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -234,7 +236,7 @@ def test_bfloat16_autocast_training_and_inference():
     assert all(b.dtype == torch.float32 and torch.isfinite(b).all() for b in det.boxes)
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
     x = torch.randn(2, 3, 64, 64)
     results = []
     for checkpointing in (False, True):

@@ -6,25 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from s5_hf.configuration_s5_detection import S5DetectionConfig
 from s5_hf.detection.geopackage import read_geopackage_polygons
 from s5_hf.detection.scene import detect_scene, main, to_geojson, write_detections
 from s5_hf.detection.synthetic import synthetic_scene
 from s5_hf.modeling_s5_detection import S5ForOrientedDetection
 from s5_hf.obb_geometry import obb_to_corners
 
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64, out_indices=[1, 2, 3, 4],
-            part_features=8, fpn_channels=16, roi_fc_dim=32, anchor_scales=[4], rpn_pre_nms=100, rpn_max_proposals=40,
-            drop_path_rate=0.0, tasks=["dior", "dota"])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_detection_config):
     torch.manual_seed(0)
-    return S5ForOrientedDetection(S5DetectionConfig(**TINY)).eval()
+    return S5ForOrientedDetection(tiny_detection_config(rpn_pre_nms=100, rpn_max_proposals=40, tasks=["dior", "dota"])).eval()
 
 
 def test_single_tile_scene_equals_the_model(model):

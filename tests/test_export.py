@@ -61,7 +61,7 @@ def test_onnxruntime_logits_equal_the_moe_models_task_logits(exported, batch):
     with torch.no_grad():
         expected = model(pixel_values, task="potsdam").logits.numpy()
     got = OnnxSegmenter(path)(pixel_values)
-    assert got.shape == expected.shape == (batch, len(model.config.tasks[1]["id2label"]), 64, 64)
+    assert got.shape == expected.shape == (batch, model.config.tasks[1].num_labels, 64, 64)
     assert np.abs(got - expected).max() <= 1e-4
     assert np.abs(expected).max() > 1e-2  # the logits are not trivially zero
 
@@ -69,9 +69,9 @@ def test_onnxruntime_logits_equal_the_moe_models_task_logits(exported, batch):
 def test_the_graph_carries_the_task_its_labels_and_window_size(exported):
     model, path = exported
     segmenter = OnnxSegmenter(path)
-    spec = model.config.tasks[model.config.task_index("potsdam")]
+    spec = model.config.get_task("potsdam")
     assert segmenter.metadata["s5_task"] == "potsdam"
-    assert json.loads(segmenter.metadata["s5_id2label"]) == {str(k): v for k, v in spec["id2label"].items()}
+    assert json.loads(segmenter.metadata["s5_id2label"]) == {str(k): v for k, v in spec.id2label.items()}
     assert segmenter.image_size == 64
     assert not any(p.name.endswith(".tmp") for p in path.parent.iterdir())  # no staging folder left behind
 

@@ -94,6 +94,35 @@ def test_dry_run_renders_the_card_and_lists_the_files(saved):
         publish_model(saved[0], "someone/tiny-s5", card="s5-vit-b-mdf", dry_run=True)
 
 
+def test_cli_flags_are_snake_case_and_the_kebab_case_spelling_still_parses():
+    from s5_hf.hub.publish import build_parser
+
+    for flag in ("--dry_run", "--dry-run"):
+        assert build_parser().parse_args(["model", "folder", "o/r", flag]).dry_run is True
+    assert build_parser().parse_args(["model", "folder", "o/r"]).dry_run is False
+    help_text = build_parser().format_help()
+    assert "--dry_run" in help_text and "--dry-run" not in help_text
+
+
+def test_rs4p_dataset_repo_option_is_hub_dataset_id_and_hub_model_id_a_deprecated_alias(tmp_path):
+    from transformers import HfArgumentParser
+
+    from s5_hf.rs4p.pipeline import SelectionArguments
+
+    parser = HfArgumentParser(SelectionArguments)
+    base = ["--pool", "p", "--labeled", "l", "--model", "m", "--output_dir", str(tmp_path), "--push_to_hub"]
+    (args,) = parser.parse_args_into_dataclasses(args=[*base, "--hub_dataset_id", "o/rs4p"])
+    assert args.hub_dataset_id == "o/rs4p"
+    with pytest.warns(FutureWarning, match="use hub_dataset_id"):
+        (old,) = parser.parse_args_into_dataclasses(args=[*base, "--hub_model_id", "o/rs4p"])
+    assert old.hub_dataset_id == "o/rs4p" and old.hub_model_id is None
+    assert "--hub_dataset_id" in parser.format_help() and "--hub_model_id" not in parser.format_help()
+    with pytest.raises(ValueError, match="pass --hub_dataset_id only"), pytest.warns(FutureWarning):
+        SelectionArguments(pool=["p"], labeled="l", model="m", output_dir="o", hub_dataset_id="a/b", hub_model_id="c/d")
+    with pytest.raises(ValueError, match="needs --hub_dataset_id"):
+        SelectionArguments(pool=["p"], labeled="l", model="m", output_dir="o", push_to_hub=True)
+
+
 def tiny_dataset_folder(path):
     from s5_hf.data.shards import to_parquet_shards
 
@@ -229,10 +258,10 @@ def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
     from s5_hf.rs4p.pipeline import _push
 
     PartialState()  # the pipeline logs through accelerate
-    args = SimpleNamespace(hub_model_id="local-user/rs4p-twice", hub_private=False)
+    args = SimpleNamespace(hub_dataset_id="local-user/rs4p-twice", hub_private=False)
     path, rows = tiny_dataset_folder(tmp_path / "dataset")  # 2 shards
     _push(args, path)
-    assert len([f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+    assert len([f for f in HfApi().list_repo_files(args.hub_dataset_id, repo_type="dataset")
                 if f.endswith(".parquet")]) == 2
     # A new selection (other rows) in 3 shards.
     features = datasets.load_dataset(str(path), split="train").features
@@ -240,13 +269,13 @@ def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
     to_parquet_shards(datasets.Dataset.from_dict(new, features=features), path, min_shards=3, label_set="isaid",
                       card={"pretty_name": "tiny RS4P"}, overwrite=True)
     _push(args, path)
-    shards = sorted(f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+    shards = sorted(f for f in HfApi().list_repo_files(args.hub_dataset_id, repo_type="dataset")
                     if f.endswith(".parquet"))
     assert shards == sorted(p.relative_to(path).as_posix() for p in path.rglob("*.parquet")) and len(shards) == 3
     assert (path / ".s5-manifest.json").is_file()  # local bookkeeping, kept off the Hub
-    assert not [f for f in HfApi().list_repo_files(args.hub_model_id, repo_type="dataset")
+    assert not [f for f in HfApi().list_repo_files(args.hub_dataset_id, repo_type="dataset")
                 if Path(f).name.startswith(".") and f != ".gitattributes"]
-    streamed = [row["id"] for row in datasets.load_dataset(args.hub_model_id, split="train", streaming=True)]
+    streamed = [row["id"] for row in datasets.load_dataset(args.hub_dataset_id, split="train", streaming=True)]
     assert sorted(streamed) == new["id"]  # the new rows, each once
 
 
@@ -437,3 +466,56 @@ def test_released_card_with_a_pinned_digest(tiny_release, monkeypatch):
     monkeypatch.setattr(hub_module, "RELEASED_MODELS", [pinned])
     with pytest.raises(PublishError, match="whose converted weights have digest 0000"):
         publish_model(converted, "s5/s5-vit-b-mdf", card="s5-vit-b-mdf", dry_run=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Oriented detectors go through the same publishing path
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def detection_saved(tmp_path_factory):
+    from s5_hf import S5DetectionConfig, S5DetectionImageProcessor, S5ForOrientedDetection
+
+    torch.manual_seed(0)
+    config = S5DetectionConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=128,
+                               out_indices=[1, 2, 3, 4], part_features=8, fpn_channels=16, roi_fc_dim=32)
+    path = tmp_path_factory.mktemp("detection-publish") / "model"
+    S5ForOrientedDetection(config).save_pretrained(path)
+    S5DetectionImageProcessor(size={"height": 128, "width": 128}).save_pretrained(path)
+    return path, config
+
+
+def test_detection_folder_is_checked_and_carded_by_publish_model(detection_saved, tmp_path):
+    path, _ = detection_saved
+    model = check_model_folder(path)
+    assert type(model).__name__ == "S5ForOrientedDetection"
+    result = publish_model(path, "someone/tiny-det", dry_run=True)
+    assert "modeling_s5_detection.py" in result["files"] and "model.safetensors" in result["files"]
+    assert "pipeline_tag: object-detection" in result["card"] and "model-index" not in result["card"]
+    with pytest.raises(PublishError, match="describes"):  # a segmentation card for a detector
+        publish_model(path, "someone/tiny-det", card="s5-vit-b-mdf", dry_run=True)
+    folder = tmp_path / "det"
+    shutil.copytree(path, folder)
+    (folder / "lora" / "dior").mkdir(parents=True)
+    with pytest.raises(PublishError, match="segmentation models only"):
+        publish_model(folder, "someone/tiny-det", dry_run=True)
+
+
+def test_released_detection_card_only_for_the_converted_official_weights(detection_saved, tmp_path, monkeypatch):
+    from s5_hf.convert_official import CONVERSION_RECORD, weights_sha256
+    from s5_hf.hub import publish as hub_module
+    from s5_hf.hub.cards import ReleasedModel
+
+    path, config = detection_saved
+
+    class TinyRelease(ReleasedModel):
+        def config(self):
+            return config
+
+    monkeypatch.setattr(hub_module, "RELEASED_MODELS", [TinyRelease("vit-b", "detection")])
+    folder = tmp_path / "det"
+    shutil.copytree(path, folder)
+    with pytest.raises(PublishError, match="not converted official weights"):
+        publish_model(folder, "s5/s5-vit-b-detection", card="s5-vit-b-detection", dry_run=True)
+    (folder / CONVERSION_RECORD).write_text(json.dumps({"weights_sha256": weights_sha256(folder)}))
+    card = publish_model(folder, "s5/s5-vit-b-detection", card="s5-vit-b-detection", dry_run=True)["card"]
+    assert "value: 72.95" in card and "value: 57.2" in card and "official checkpoint converted" in card

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from s5_hf import S5Config, S5ForSemanticSegmentation, S5ImageProcessor
+from s5_hf import S5ForSemanticSegmentation, S5ImageProcessor
 from s5_hf.inference import (
     PngRowWriter,
     SceneError,
@@ -34,11 +34,10 @@ TASKS = ["potsdam", "loveda"]
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_config):
     torch.manual_seed(0)
-    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
-                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=8, tasks=TASKS,
-                      initializer_range=0.2)  # larger weights than the default: confident, varied predictions
+    # larger weights than the default: confident, varied predictions
+    config = tiny_config(part_features=8, tasks=TASKS, initializer_range=0.2)
     return S5ForSemanticSegmentation(config).eval()
 
 
@@ -455,7 +454,7 @@ def test_compiled_forward_agrees_with_eager_and_has_no_graph_break(model):
     """`--torch-compile`: the captured graph (fullgraph=True: no graph break, no fallback to Python) computes the
     eager logits. The aot_eager backend checks the capture in seconds; inductor's code generation (the default
     backend, which the CLI uses) takes about two minutes of C++ compilation even for this tiny model on 2 cores,
-    so its effect is measured in benchmarks/bench_inference.py --compare-compile instead."""
+    so its effect is measured in benchmarks/bench_inference.py --compare_compile instead."""
     from s5_hf.inference import CompiledSegmenter
 
     compiled = CompiledSegmenter(model, backend="aot_eager", fullgraph=True)

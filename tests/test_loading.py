@@ -22,11 +22,10 @@ from transformers import (
 )
 
 from s5_hf import S5Backbone, S5ForSemanticSegmentation, S5ImageProcessor, S5Model
-from test_modeling_s5 import images, tiny_model
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("s5") / "model"
     model = tiny_model()
     model.save_pretrained(path)
@@ -34,10 +33,10 @@ def saved(tmp_path_factory):
     return path, model
 
 
-def test_roundtrip_gives_identical_outputs(saved):
+def test_roundtrip_gives_identical_outputs(saved, random_pixels):
     path, model = saved
     loaded = S5ForSemanticSegmentation.from_pretrained(path).eval()
-    pixel_values = images(3)
+    pixel_values = random_pixels(3)
     tasks = ["potsdam", "loveda", "potsdam"]
     with torch.no_grad():
         # Same weights; kernels may differ in the last bits with the loaded tensors' memory layout.
@@ -85,16 +84,16 @@ def test_saved_auto_map_covers_every_auto_class(saved):
     }
 
 
-def test_backbone_weights_load_into_the_base_model(saved):
+def test_backbone_weights_load_into_the_base_model(saved, random_pixels):
     path, model = saved
     base = S5Model.from_pretrained(path).eval()
     with torch.no_grad():
-        ours = base(images(1), task="loveda").feature_maps[0]
-        theirs = model.s5(images(1), task="loveda").feature_maps[0]
+        ours = base(random_pixels(1), task="loveda").feature_maps[0]
+        theirs = model.s5(random_pixels(1), task="loveda").feature_maps[0]
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
-def test_mismatched_checkpoint_is_reported(saved, tmp_path):
+def test_mismatched_checkpoint_is_reported(saved, tiny_model, tmp_path):
     path, _ = saved
     other = tiny_model(tasks=["isaid"], hidden_size=64, part_features=16)
     other.save_pretrained(tmp_path / "other")
@@ -121,9 +120,9 @@ def test_same_shapes_but_another_function_is_refused(saved, loader):
     assert model.config.drop_path_rate == 0.0
 
 
-def test_remote_code_loads_in_a_process_without_s5_hf(saved, tmp_path):
+def test_remote_code_loads_in_a_process_without_s5_hf(saved, random_pixels, tmp_path):
     path, model = saved
-    pixel_values = images(2)
+    pixel_values = random_pixels(2)
     with torch.no_grad():
         expected = model(pixel_values, task="openearthmap").logits
     save_file({"pixel_values": pixel_values, "expected": expected}, tmp_path / "io.safetensors")
@@ -165,7 +164,7 @@ def test_image_segmentation_pipeline(saved):
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
     segments = segmenter(image)
-    classes = set(model.config.get_task("loveda")["id2label"].values())
+    classes = set(model.config.get_task("loveda").id2label.values())
     assert segments and {s["label"] for s in segments} <= classes
     masks = np.stack([np.array(s["mask"]) for s in segments])
     assert masks.shape[1:] == (50, 70)
@@ -194,7 +193,7 @@ def test_image_segmentation_pipeline_from_the_folder(saved, transformers_records
     assert isinstance(segmenter.image_processor, S5ImageProcessor)
     segments = segmenter(Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8)))
     default = model.config.get_task(model.config.default_task)
-    assert segments and {s["label"] for s in segments} <= set(default["id2label"].values())
+    assert segments and {s["label"] for s in segments} <= set(default.id2label.values())
     assert np.stack([np.array(s["mask"]) for s in segments]).sum(0).tolist() == np.full((40, 48), 255).tolist()
     assert [r.getMessage() for r in transformers_records] == []
     assert "custom code" not in capsys.readouterr().out

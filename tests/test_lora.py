@@ -15,13 +15,19 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf import S5ForSemanticSegmentation
 from s5_hf.data.streams import DataSource
 from s5_hf.data.synthetic import make_fake_potsdam, make_fake_vaihingen
 from s5_hf.evaluation.protocols import evaluate_sources
+from s5_hf.training import mdf as finetune
 from s5_hf.training.lora import S5LoRAModel, add_lora_adapters
 
-from test_training import ISPRS_64, ROOT, TINY, finetune, records
+ROOT = Path(__file__).resolve().parents[1]
+ISPRS_64 = {"vaihingen": {"patch_size": 64, "stride": 64}, "potsdam": {"patch_size": 64, "stride": 64}}
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 TASKS = ("vaihingen", "potsdam")
 # peft calls transformers' deprecated `is_gradient_checkpointing`.
@@ -30,13 +36,13 @@ STEPS = 9
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, tiny_config) -> Path:
     root = tmp_path_factory.mktemp("lora-data")
     make_fake_vaihingen(root / "vaihingen")
     make_fake_potsdam(root / "potsdam")
     torch.manual_seed(0)
     # The S4P model the run starts from (a single task, as `finetune_mdf.py` expects).
-    S5ForSemanticSegmentation(S5Config(**TINY, drop_path_rate=0.0, tasks=["isaid"])).save_pretrained(root / "s4p")
+    S5ForSemanticSegmentation(tiny_config(drop_path_rate=0.0, tasks=["isaid"])).save_pretrained(root / "s4p")
     return root
 
 
@@ -148,7 +154,7 @@ from s5_hf.training.losses import mdf_losses
 tasks = ["vaihingen", "potsdam"]
 accelerator = Accelerator(cpu=True)
 torch.manual_seed(0)
-model = add_lora_adapters(S5ForSemanticSegmentation(S5Config(**{tiny}, tasks=tasks, part_features=0)), r=4)
+model = add_lora_adapters(S5ForSemanticSegmentation(S5Config.from_dict({tiny})), r=4)
 optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
 model, optimizer = accelerator.prepare(model, optimizer)
 generator = torch.Generator().manual_seed(accelerator.process_index)  # each process its own data
@@ -174,9 +180,10 @@ print("ddp-ok", accelerator.process_index)
 
 
 @pytest.mark.slow
-def test_two_processes_give_every_adapter_its_gradient(tmp_path):
+def test_two_processes_give_every_adapter_its_gradient(tmp_path, tiny_config):
     script = tmp_path / "ddp_lora.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tiny=repr(TINY))))
+    config = tiny_config(tasks=["vaihingen", "potsdam"], part_features=0).to_dict()
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tiny=repr(config))))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                              str(script)], env=env, capture_output=True, text=True, timeout=300)
@@ -184,16 +191,16 @@ def test_two_processes_give_every_adapter_its_gradient(tmp_path):
     assert result.stdout.count("ddp-ok") == 2
 
 
-def test_bad_lora_input_is_a_clear_error(data, tmp_path):
+def test_bad_lora_input_is_a_clear_error(data, tmp_path, tiny_config):
     with pytest.raises(ValueError, match=r"\['qkv'\] match no linear layer of the backbone encoder .*'fc1'.*'q_proj'"):
         finetune.main(lora_args(data, tmp_path / "run", "--max_train_steps", "1", "--lora_target_modules",
                                 "q_proj", "qkv"))
-    with pytest.raises(ValueError, match="--gradient_checkpointing cannot be combined with --lora"):
+    with pytest.raises(ValueError, match="--gradient_checkpointing / --activation_checkpointing cannot be combined with --lora"):
         finetune.parse_args(lora_args(data, tmp_path / "run", "--gradient_checkpointing"))
-    experts = S5ForSemanticSegmentation(S5Config(**TINY, tasks=list(TASKS), part_features=8))
+    experts = S5ForSemanticSegmentation(tiny_config(tasks=list(TASKS), part_features=8))
     with pytest.raises(ValueError, match="LoRA adapters replace the MoE experts"):
         add_lora_adapters(experts)
-    model = add_lora_adapters(S5ForSemanticSegmentation(S5Config(**TINY, tasks=list(TASKS), part_features=0)),
+    model = add_lora_adapters(S5ForSemanticSegmentation(tiny_config(tasks=list(TASKS), part_features=0)),
                               target_modules=["attention.q_proj", "mlp.fc2"], r=2)
     adapted = {n.split(".lora_A.")[0] for n, _ in model.named_parameters() if ".lora_A.vaihingen." in n}
     assert len(adapted) == 8 and all(n.endswith((".attention.q_proj", ".mlp.fc2")) for n in adapted), adapted

@@ -165,3 +165,25 @@ def test_valid_share_counts_what_a_batch_can_train():
     labels = torch.tensor([[[0, 5], [255, 1]]])
     assert valid_share(labels, 5) == 0.5 and valid_share(labels, None) == 0.75
     assert valid_share(torch.full((2, 4, 4), 255), 255) == 0.0
+
+
+def test_one_masked_cross_entropy_serves_both_mdf_paths():
+    # Issue 11: the model's per-task loss and the training code's loss were two implementations picked by a flag.
+    from s5_hf import S5Config, S5ForSemanticSegmentation
+    from s5_hf.modeling_s5 import task_cross_entropy
+
+    assert masked_cross_entropy is task_cross_entropy
+    torch.manual_seed(0)
+    model = S5ForSemanticSegmentation(S5Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64, out_indices=[1, 2, 3, 4],
+        decoder_hidden_size=16, part_features=8, tasks=["vaihingen", "loveda"])).eval()
+    generator = torch.Generator().manual_seed(0)
+    batches = {name: (torch.randn(2, 3, 64, 64, generator=generator),
+                      torch.randint(0, 6, (2, 64, 64), generator=generator)) for name in ("vaihingen", "loveda")}
+    batches["vaihingen"][1][:, :8] = 5  # ISPRS clutter: that task's ignore id
+    ignore, weights = {"vaihingen": 5, "loveda": 255}, {"vaihingen": 1.0, "loveda": 0.5}
+    with torch.no_grad():
+        mixed = mdf_losses(model, batches, ignore, weights, mixed_batch=True)[0]
+        separate = mdf_losses(model, batches, ignore, weights, mixed_batch=False)[0]
+    for key in ("loss", "loss_vaihingen", "loss_loveda"):
+        torch.testing.assert_close(mixed[key], separate[key], atol=1e-6, rtol=1e-5)

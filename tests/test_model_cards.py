@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 
 from s5_hf import S5Config
 from s5_hf.hub.cards import (
+    PENDING_MODELS,
     RELEASED_MODELS,
     build_model_card,
     main,
@@ -27,13 +28,14 @@ def metadata(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
-    return {model.name: str(released_card(model)) + "\n" for model in RELEASED_MODELS}
+    return {model.name: str(released_card(model)) + "\n" for model in RELEASED_MODELS + PENDING_MODELS}
 
 
 def test_committed_cards_equal_a_fresh_render(rendered):
     committed = {p.stem: p.read_text() for p in CARDS.glob("s5-*.md")}
-    assert sorted(committed) == sorted(rendered), "run: python -m s5_hf.hub.cards --out model_cards/"
-    for name, text in rendered.items():
+    released = {model.name: rendered[model.name] for model in RELEASED_MODELS}
+    assert sorted(committed) == sorted(released), "run: python -m s5_hf.hub.cards --out model_cards/"
+    for name, text in released.items():
         assert committed[name] == text, f"{name}.md is stale; run: python -m s5_hf.hub.cards --out model_cards/"
 
 
@@ -45,15 +47,25 @@ def test_check_mode_detects_stale_cards(tmp_path):
     assert main(["--out", str(tmp_path), "--check"]) == 1
 
 
-@pytest.mark.parametrize("model", RELEASED_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("model", RELEASED_MODELS + PENDING_MODELS, ids=lambda m: m.name)
 def test_card_metadata_is_valid(model, rendered):
     text = rendered[model.name]
     meta = validate_card_text(text)
-    assert meta["license"] == "apache-2.0"
-    assert meta["pipeline_tag"] == "image-segmentation" and meta["library_name"] == "transformers"
-    assert {"remote-sensing", "semantic-segmentation", "earth-observation", "vision-transformer"} <= set(meta["tags"])
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "transformers"
     # The card also loads through huggingface_hub, which parses model-index into EvalResults.
     card = ModelCard(text)
+    if model.stage == "detection":
+        assert meta["pipeline_tag"] == "object-detection" and "oriented-object-detection" in meta["tags"]
+        results = card.data.eval_results
+        paper = {"vit-b": (72.95, 57.2), "vit-l": (75.21, 59.71), "vit-h": (75.30, 59.89)}[model.preset]
+        assert [(r.dataset_name, r.metric_type, r.metric_name, r.task_type, r.metric_value) for r in results] == [
+            ("DIOR-R", "map", "mAP", "object-detection", paper[0]), ("DOTA-v2", "map", "mAP", "object-detection", paper[1])]
+        assert all(r.source_url == "https://arxiv.org/abs/2508.12409" for r in results)
+        assert "AutoModelForObjectDetection" in text and "post_process_object_detection" in text
+        assert "AutoModelForSemanticSegmentation" not in text and "clutter" not in text
+        return
+    assert meta["pipeline_tag"] == "image-segmentation"
+    assert {"remote-sensing", "semantic-segmentation", "earth-observation", "vision-transformer"} <= set(meta["tags"])
     if model.stage == "mdf":
         assert "mixture-of-experts" in meta["tags"]
         results = card.data.eval_results
@@ -68,18 +80,21 @@ def test_card_metadata_is_valid(model, rendered):
         assert "model-index" not in meta and "mixture-of-experts" not in meta["tags"]
 
 
-@pytest.mark.parametrize("model", RELEASED_MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("model", RELEASED_MODELS + PENDING_MODELS, ids=lambda m: m.name)
 def test_card_facts_come_from_the_configuration(model, rendered):
     text = rendered[model.name]
-    variant = "single" if model.stage == "s4p" else "multiple"
-    assert f"{count_parameters(model.preset, variant):,}" in text
     config = model.config()
+    assert f"| parameters | {count_parameters(config):,} " in text
+    if model.stage != "detection":
+        variant = "single" if model.stage == "s4p" else "multiple"
+        assert count_parameters(config) == count_parameters(model.preset, variant)
     for spec in config.tasks:
-        row = next(line for line in text.splitlines() if line.startswith(f"| `{spec['name']}` |"))
-        for name in spec["id2label"].values():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{spec.name}` |"))
+        for name in spec.id2label.values():
             assert name.replace("_", " ") in row
-    assert "arXiv:2508.12409" in text and "@inproceedings" in text
-    assert "set_default_task" in text and 'pipeline("image-segmentation"' in text and "task=" in text
+    assert "arXiv:2508.12409" in text and "@inproceedings" in text and "task=" in text
+    if model.stage != "detection":
+        assert "set_default_task" in text and 'pipeline("image-segmentation"' in text
 
 
 def test_card_for_a_trained_folder_claims_no_results():
@@ -121,3 +136,37 @@ def test_released_card_states_the_weights_digest_and_a_lora_card_its_adapters():
     assert {"lora", "peft"} <= set(meta["tags"]) and "## LoRA adapters" in text
     assert "`lora/potsdam/`, `lora/loveda/`" in text and 'subfolder="lora/potsdam"' in text
     assert "## LoRA adapters" not in str(build_model_card(config, "someone/plain-s5"))
+
+
+def test_eval_results_take_the_metric_from_the_evaluation_protocol():
+    from s5_hf.evaluation.protocols import PROTOCOLS
+    from s5_hf.hub.cards import METRICS, measured_eval_result, paper_eval_results, reported_metric
+
+    for task, protocol in PROTOCOLS.items():
+        assert reported_metric(task) == protocol.metric
+    assert reported_metric("potsdam") == "mean_f1" and reported_metric("dior") == "map"
+    assert reported_metric("my-boxes", detection=True) == "map" and reported_metric("my-crops") == "mean_iou"
+    (potsdam,) = paper_eval_results("vit-b", ["potsdam"])
+    assert (potsdam.metric_type, potsdam.metric_name, potsdam.metric_value) == (*METRICS["mean_f1"], 92.40)
+    run = measured_eval_result("dior", 0.43217, "someone/det", "DIOR-R test split, 8 images")
+    assert (run.task_type, run.metric_type, run.dataset_name, run.dataset_split, run.metric_value) == (
+        "object-detection", "map", "DIOR-R", "test", 43.22)
+    assert run.source_url.endswith("/someone/det") and "8 images" in run.source_name
+    seg = measured_eval_result("loveda", 0.5, "someone/seg", "val split", split="val")
+    assert (seg.task_type, seg.metric_name, seg.dataset_split) == ("image-segmentation", "mIoU", "val")
+
+
+def test_card_for_a_trained_detector_states_the_runs_map_not_the_papers():
+    from s5_hf import S5DetectionConfig
+    from s5_hf.hub.cards import measured_eval_result
+
+    config = S5DetectionConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=128,
+                               out_indices=[1, 2, 3, 4], part_features=8, fpn_channels=16, roi_fc_dim=32)
+    result = measured_eval_result("dior", 0.1234, "someone/tiny-det", "DIOR-R test split, 4 images")
+    text = str(build_model_card(config, "someone/tiny-det", eval_results=[result], results_intro="Measured here."))
+    meta = validate_card_text(text)
+    assert meta["pipeline_tag"] == "object-detection"
+    assert "| DIOR-R | mAP | 12.34 |" in text and "72.95" not in text and "57.20" not in text
+    assert "Measured here." in text and 'AutoModelForObjectDetection.from_pretrained("someone/tiny-det")' in text
+    assert "| `dior` | airplane, airport," in text
+    assert "72.95" not in str(build_model_card(config, "someone/tiny-det"))  # no results: none claimed

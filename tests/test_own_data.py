@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -24,10 +23,10 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "im
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"training_{name}", ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module of a training program (`training/<name>.py` is a thin entry point over it)."""
+    import importlib
+
+    return importlib.import_module({"finetune_mdf": "s5_hf.training.mdf", "pretrain_s4p": "s5_hf.training.s4p"}[name])
 
 
 def rows(folder: LabeledFolder, split: str = "train") -> list[dict]:
@@ -103,7 +102,7 @@ def test_validation_split_is_seeded_and_disjoint(tmp_path):
 def test_task_from_labels_or_folder_or_card(tmp_path):
     root = make_fake_labeled_folder(tmp_path / "d", num_images=2, size=32, image_format="png", num_classes=3)
     task = DataSource.parse(f"mycrops={root}").task()
-    assert task == {"name": "mycrops", "id2label": {0: "class_0", 1: "class_1", 2: "class_2"}, "ignore_index": 255}
+    assert task.to_dict() == {"name": "mycrops", "id2label": {0: "class_0", 1: "class_1", 2: "class_2"}, "ignore_index": 255}
     (root / "id2label.json").unlink()
     with pytest.raises(ValueError, match="classes are unknown: pass --labels mycrops=id2label.json"):
         DataSource.parse(f"mycrops={root}").task()
@@ -111,10 +110,10 @@ def test_task_from_labels_or_folder_or_card(tmp_path):
     shards.mkdir()
     (shards / "x.parquet").write_bytes(b"")
     (shards / "README.md").write_text("---\nid2label:\n  0: soil\n  1: crop\n---\n# card\n")
-    assert DataSource.parse(f"fields={shards}").task()["id2label"] == {0: "soil", 1: "crop"}
-    assert DataSource.parse(f"potsdam={shards}").task() == "potsdam"
+    assert DataSource.parse(f"fields={shards}").task().id2label == {0: "soil", 1: "crop"}
+    assert DataSource.parse(f"potsdam={shards}").task().name == "potsdam"
     (shards / "id2label.json").write_text(json.dumps({"0": "bare", "1": "green"}))  # preferred over the card
-    assert DataSource.parse(f"fields={shards}").task()["id2label"] == {0: "bare", 1: "green"}
+    assert DataSource.parse(f"fields={shards}").task().id2label == {0: "bare", 1: "green"}
 
 
 def test_mask_geotiff_nodata_is_ignored(tmp_path):
@@ -151,7 +150,7 @@ def test_finetune_a_new_task_from_s4p_with_labels(tmp_path, s4p_model):
                                           "--validation_split", "0.34", "--max_eval_samples", "2"))
     model = S5ForSemanticSegmentation.from_pretrained(out / "model")
     assert model.config.task_names == ["mycrops"]
-    assert model.config.tasks[0]["id2label"] == {0: "soil", 1: "wheat", 2: "maize"}
+    assert model.config.tasks[0].id2label == {0: "soil", 1: "wheat", 2: "maize"}
     assert outcome["results"]["mycrops"].split == "val"
 
 
@@ -271,20 +270,34 @@ def test_four_band_uint16_folder_trains_and_saves_its_band_statistics(tmp_path):
     assert logits.shape == (1, 4, 512, 512) and torch.isfinite(logits).all()
 
 
-def test_four_band_data_with_a_validation_split_is_refused_before_training(tmp_path):
+def test_band_selection_clipping_and_validation_of_six_band_data(tmp_path):
+    from s5_hf import S5ImageProcessor
+    from s5_hf.data.band_stats import compute_band_stats
+
     finetune = load_script("finetune_mdf")
-    root = make_fake_labeled_folder(tmp_path / "d", num_images=4, size=64, bands=4, dtype="uint16")
+    root = make_fake_labeled_folder(tmp_path / "d", num_images=4, size=64, bands=6, dtype="uint16")
     out = tmp_path / "run"
     args = ["--train_datasets", f"fields={root}", "--output_dir", str(out), "--validation_split", "0.25",
+            "--bands", "fields=5,3,2,1", "--clip_percentiles", "2", "98", "--eval_steps", "2",
             "--config_overrides", json.dumps({**TINY, "num_channels": 4}), "--crop_size", "64", "--batch_size", "2",
-            "--max_train_steps", "3"]
-    with pytest.raises(ValueError, match=r"Evaluating data other than 8-bit RGB is not supported yet.*fields="):
-        finetune.main(args)
-    assert not out.exists()
+            "--max_train_steps", "2", "--learning_rate", "1e-3"]
+    outcome = finetune.main(args)
+    # Evaluated on the held-out quarter through the saved processor (the model's 4 selected bands, clipped).
+    result = outcome["results"]["fields"]
+    assert result.split == "val" and result.num_samples == 1 and 0 <= result.scores.mean_iou <= 1
+    processor = S5ImageProcessor.from_pretrained(out / "model")
+    expected = compute_band_stats(LabeledFolder(root, "fields", validation_split=0.25, bands=(5, 3, 2, 1))
+                                  .iter_images("train"), percentiles=(2, 98))
+    assert processor.do_clip and len(processor.clip_min) == 4
+    np.testing.assert_allclose(processor.clip_min, expected.clip_min)
+    np.testing.assert_allclose(processor.clip_max, expected.clip_max)
+    np.testing.assert_allclose(processor.image_mean, expected.mean)
+    # A model of the wrong band count is refused before the run folder exists.
     args[args.index("--config_overrides") + 1] = json.dumps(TINY)
+    args[args.index("--output_dir") + 1] = str(tmp_path / "other")
     with pytest.raises(ValueError, match="The data has 4 bands but the model takes 3"):
         finetune.main(args)
-    assert not out.exists()  # refused before the run folder was created
+    assert not (tmp_path / "other").exists()
 
 
 def test_s4p_pretrains_on_a_labeled_folder_with_labels(tmp_path):
@@ -308,8 +321,8 @@ def test_s4p_pretrains_on_a_labeled_folder_with_labels(tmp_path):
                    "--output_dir", str(out), "--config_overrides", json.dumps(TINY), "--crop_size", "64",
                    "--batch_size", "2", "--max_train_steps", "2", "--eval_steps", "0", "--logging_steps", "1"])
     model = S5ForSemanticSegmentation.from_pretrained(out / "model")
-    assert model.config.tasks == [{"name": "mycrops", "id2label": {0: "soil", 1: "wheat", 2: "maize"},
-                                   "ignore_index": 255}]
+    assert [task.to_dict() for task in model.config.tasks] == [
+        {"name": "mycrops", "id2label": {0: "soil", 1: "wheat", 2: "maize"}, "ignore_index": 255}]
 
 
 def test_jpeg_images_with_png_masks(tmp_path):
@@ -328,7 +341,7 @@ def test_finetune_options_nodata_ignore_index_and_validation_split(tmp_path, s4p
                                              "--ignore_index", "mycrops=254", "--validation_split", "mycrops=0.25"))
     source = args.sources["mycrops"]
     assert np.isnan(source.nodata) and source.ignore_index == 254 and source.validation_split == 0.25
-    assert source.task()["ignore_index"] == 254
+    assert source.task().ignore_index == 254
     assert len(source.folder().splits["val"]) == 2 and args.validation_splits["mycrops"] == "val"
     mask = next(iter(source.load("train")))["mask"]
     assert mask.dtype == np.uint8

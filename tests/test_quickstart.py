@@ -18,7 +18,7 @@ from s5_hf.label_sets import MDF_TASKS
 @pytest.mark.slow
 def test_quickstart_runs_every_stage_and_fine_tuning_helps(tmp_path):
     out = tmp_path / "quickstart"
-    summary = quickstart.main(["--output-dir", str(out), "--steps", "4"])
+    summary = quickstart.main(["--output_dir", str(out), "--steps", "4"])
 
     # summary.json is what main returned (JSON: no NaN), and results.md shows the same numbers.
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))

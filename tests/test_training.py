@@ -3,7 +3,6 @@ push to a loopback Hub, and the errors for bad input."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -35,15 +34,7 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "im
 ISPRS_64 = {"vaihingen": {"patch_size": 64, "stride": 64}, "potsdam": {"patch_size": 64, "stride": 64}}
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"training_{name}", ROOT / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain = load_script("pretrain_s4p")
-finetune = load_script("finetune_mdf")
+from s5_hf.training import mdf as finetune, s4p as pretrain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -523,15 +514,15 @@ def test_s4p_decays_every_parameter_and_mdf_has_no_layer_decay_by_default(data, 
 
     s4p = pretrain.parse_args(s4p_args(data, tmp_path))
     model = pretrain.build_model(s4p, "isaid")
-    optimizer = make_optimizer(model, s4p)
-    assert s4p.weight_decay == 0.01 and all(g["weight_decay"] == 0.01 for g in optimizer.param_groups)
+    optimizer = make_optimizer(model, s4p.training)
+    assert s4p.training.weight_decay == 0.01 and all(g["weight_decay"] == 0.01 for g in optimizer.param_groups)
     in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_groups == {id(p) for p in model.parameters()}  # biases and norms too, as the official runs
 
     mdf = finetune.parse_args(mdf_args(data, tmp_path))
-    optimizer = make_optimizer(finetune.build_model(mdf), mdf)
-    assert mdf.layer_decay is None and {g["lr"] for g in optimizer.param_groups} == {mdf.learning_rate}
-    assert mdf.weight_decay == 0.05 and all(g["weight_decay"] == 0.05 for g in optimizer.param_groups)
+    optimizer = make_optimizer(finetune.build_model(mdf), mdf.training)
+    assert mdf.training.layer_decay is None and {g["lr"] for g in optimizer.param_groups} == {mdf.training.learning_rate}
+    assert mdf.training.weight_decay == 0.05 and all(g["weight_decay"] == 0.05 for g in optimizer.param_groups)
 
 
 def test_launched_processes_that_do_not_form_one_group_are_stopped(tmp_path, monkeypatch):
@@ -551,10 +542,10 @@ def test_launched_processes_that_do_not_form_one_group_are_stopped(tmp_path, mon
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(train_loop, "Accelerator", Ungrouped)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = finetune.parse_args(["--train_datasets", "vaihingen=org/vaihingen", "--output_dir", str(tmp_path / "run")])
+    run = finetune.parse_args(["--train_datasets", "vaihingen=org/vaihingen", "--output_dir", str(tmp_path / "run")])
     with pytest.raises(RuntimeError, match=r"2 processes were launched .* group of 1: every process would act as "
                                            r"rank 0.*ACCELERATE_USE_CPU=true torchrun --nproc_per_node"):
-        train_loop.make_accelerator(args)
+        train_loop.make_accelerator(run.training, run.record())
     assert requested["cpu"] is True and not (tmp_path / "run").exists()
 
 
@@ -565,7 +556,151 @@ def test_bf16_without_native_support_falls_back_to_fp32(data, tmp_path, monkeypa
     from s5_hf.training.loop import make_accelerator
 
     monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2", "fma"})
-    args = finetune.parse_args(mdf_args(data, tmp_path / "run", "--mixed_precision", "bf16"))
+    run = finetune.parse_args(mdf_args(data, tmp_path / "run", "--mixed_precision", "bf16"))
     with pytest.warns(precision.PrecisionWarning, match="(?i)float32"):
-        accelerator = make_accelerator(args)
-    assert accelerator.mixed_precision == "no" and args.mixed_precision == "no"
+        session = make_accelerator(run.training, run.record())
+    assert session.accelerator.mixed_precision == "no" and session.mixed_precision == "no"
+    # The arguments stay as given; the manifest records what ran.
+    assert run.training.mixed_precision == "bf16"
+    assert session.run_folder.manifest["sessions"][-1]["arguments"]["mixed_precision"] == "no"
+
+
+# ---- gradient accumulation (issue 11) -------------------------------------------------------------------------------
+def test_two_accumulated_micro_batches_of_6_update_as_one_batch_of_12(data, tmp_path, monkeypatch):
+    """--gradient_accumulation_steps 2 with batch 6 gives the update of one batch of 12, also when the two halves
+    hold different numbers of valid pixels (padding, ISPRS clutter): each dataset's loss is the mean over the valid
+    pixels of the whole accumulated batch, not the mean of the two halves' means.
+
+    Condition of the equality: nothing in the model depends on how the batch is split. In training mode BatchNorm
+    normalises each micro-batch with its own statistics (as each DDP process does without SyncBatchNorm) and dropout
+    draws differ, so the model runs in eval mode here (gradients flow all the same). The optimizer is plain SGD,
+    whose update is the gradient itself: AdamW's first step (about lr x the sign of the gradient) would hide a wrong
+    scale."""
+    from safetensors.torch import load_file
+
+    from s5_hf.training import loop
+
+    def frozen_train(self, mode=True):
+        return torch.nn.Module.train(self, False)  # BatchNorm statistics and dropout as in evaluation
+
+    monkeypatch.setattr(S5ForSemanticSegmentation, "train", frozen_train)
+    monkeypatch.setattr(loop, "make_optimizer", lambda model, args: torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate))
+    shares = []
+    real_fractions = loop.accumulation_fractions
+
+    def recorded(micro_batches):
+        fractions = real_fractions(micro_batches)
+        shares.append(fractions)
+        return fractions
+
+    monkeypatch.setattr(loop, "accumulation_fractions", recorded)
+
+    def run(out, *extra):
+        args = mdf_args(data, out, "--max_train_steps", "1", "--eval_steps", "0", "--checkpointing_steps", "0",
+                        "--shuffle_buffer", "0", "--learning_rate", "1.0", "--lr_scheduler_type", "constant",
+                        "--train_splits", "potsdam=train", "vaihingen=train", "--validation_splits", "vaihingen=",
+                        "potsdam=", "--test_splits", "vaihingen=", "potsdam=", *extra)
+        finetune.main(args)
+        return load_file(out / "model" / "model.safetensors"), args
+
+    whole, args = run(tmp_path / "one", "--batch_size", "12")
+    accumulated, _ = run(tmp_path / "two", "--batch_size", "6", "--gradient_accumulation_steps", "2")
+    torch.manual_seed(42)
+    initial = finetune.build_model(finetune.parse_args(args)).state_dict()
+
+    # The halves really differ in valid pixels, so weighting them 1/2 each would be wrong.
+    halves = shares[-1]
+    assert all(abs(fraction[name] - 0.5) > 0.01 for fraction in halves for name in ("vaihingen", "potsdam")), halves
+    update = {k: whole[k] - initial[k] for k in whole if whole[k].is_floating_point()}
+    scale = max(float(u.abs().max()) for u in update.values())
+    assert scale > 1e-3  # the step moved the weights
+    differences = {k: float((accumulated[k] - whole[k]).abs().max()) for k in update}
+    assert max(differences.values()) < 1e-4 * scale, sorted(differences.items(), key=lambda kv: -kv[1])[:3]
+
+    # The mean of the two halves' means (accelerate's default weighting) gives another update: the test can fail.
+    # Measured when written: shares of the pixels 0.575/0.425 (Potsdam) and 0.516/0.484 (Vaihingen), largest weight
+    # change 0.18; accumulated vs one batch differ by at most 7.5e-8, the 1/2-each weighting by 0.034.
+    monkeypatch.setattr(loop, "accumulation_fractions",
+                        lambda batches: [{k: 1 / len(batches) for k in b.pixels} for b in batches])
+    naive, _ = run(tmp_path / "naive", "--batch_size", "6", "--gradient_accumulation_steps", "2")
+    assert max(float((naive[k] - whole[k]).abs().max()) for k in update) > 100 * max(differences.values())
+
+
+# ---- experiment trackers (issue 11) --------------------------------------------------------------------------------
+def test_report_to_gives_the_logged_values_to_accelerate_trackers(data, tmp_path, monkeypatch):
+    from accelerate.tracking import GeneralTracker
+
+    from s5_hf.training import loop
+
+    class Recorder(GeneralTracker):
+        name = "recorder"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logged, self.finished = None, [], False
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append((step, dict(values)))
+
+        def finish(self):
+            self.finished = True
+
+    recorder = Recorder()
+    asked = []
+    monkeypatch.setattr(loop, "trackers_for", lambda report_to: asked.append(report_to) or [recorder])
+    out = tmp_path / "run"
+    pretrain.main(quick_s4p(data, out, 2, "--logging_steps", "1", "--report_to", "tensorboard"))
+    assert asked == ["tensorboard"]
+    assert recorder.config["learning_rate"] == 1e-3 and recorder.config["labeled_options"] == '{"patch_size": 64, "stride": 64}'
+    # Every metrics.jsonl record reached the tracker, at its step.
+    assert [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in records(out)] == recorder.logged
+    assert [step for step, values in recorder.logged if "loss" in values] == [1, 2] and recorder.finished
+
+
+def test_report_to_names_a_missing_tracker_package(monkeypatch):
+    import accelerate.utils
+
+    from s5_hf.training.loop import trackers_for
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    monkeypatch.setattr(accelerate.utils, "is_trackio_available", lambda: False)
+    with pytest.raises(ImportError, match=r"--report_to tensorboard needs the tensorboard package.*pip install "
+                                          r"\"s5-hf\[tracking\]\".*--report_to none"):
+        trackers_for("tensorboard")
+    assert trackers_for("none") == [] and trackers_for("all") == []
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: True)
+    assert trackers_for("all") == ["wandb"] and trackers_for("wandb") == ["wandb"]
+
+
+def test_cpu_training_limits_heap_fragmentation(monkeypatch):
+    import platform
+
+    from s5_hf.training.loop import MMAP_THRESHOLD, limit_heap_fragmentation
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    expected = MMAP_THRESHOLD if platform.libc_ver()[0] == "glibc" else None
+    assert limit_heap_fragmentation() == expected
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice stays
+    assert limit_heap_fragmentation() is None
+
+
+def test_activation_checkpointing_option(tmp_path):
+    from s5_hf.training.arguments import MDFRunArguments
+
+    run = MDFRunArguments(output_dir=str(tmp_path), activation_checkpointing="mlp:2")
+    assert run.checkpointing_mode() == "mlp:2"
+    assert MDFRunArguments(output_dir=str(tmp_path), gradient_checkpointing=True).checkpointing_mode() == "block"
+    with pytest.raises(ValueError, match="--activation_checkpointing: Unknown activation checkpointing mode 'ffn'"):
+        MDFRunArguments(output_dir=str(tmp_path), activation_checkpointing="ffn").check()
+    with pytest.raises(ValueError, match="--gradient_checkpointing .* contradicts --activation_checkpointing mlp"):
+        MDFRunArguments(output_dir=str(tmp_path), gradient_checkpointing=True, activation_checkpointing="mlp").check()

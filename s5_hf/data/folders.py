@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from ..label_sets import VOID_ID
-from .images import DataFileError, open_image, stored_format
+from .images import (PIL_BAND_DESCRIPTIONS, BandSelectionError, DataFileError, open_image, parse_bands,
+                     raster_band_names, resolve_bands, stored_format)
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -69,6 +70,8 @@ class RasterInfo:
     dtype: str
     crs: str | None = None
     nodata: float | None = None
+    #: Band descriptions of the (selected) bands, None where a band has none.
+    descriptions: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,35 +107,54 @@ def _is_geotiff(path: Path) -> bool:
     return path.suffix.lower() in GEOTIFF_SUFFIXES
 
 
-def raster_info(path: str | os.PathLike) -> RasterInfo:
-    """The header of an image or mask file, without reading its pixels."""
+def _selected(path: Path, bands, count: int, descriptions) -> list[int]:
+    """0-based indices of the `bands` selection (`s5_hf.data.images.parse_bands`) in `path`."""
+    try:
+        return resolve_bands(bands, count, descriptions)
+    except BandSelectionError as error:
+        raise DataFileError(path, str(error)) from None
+
+
+def _pil_descriptions(image: Image.Image) -> tuple[str | None, ...]:
+    return tuple(PIL_BAND_DESCRIPTIONS.get(b) for b in image.getbands() if b != "A" or image.mode == "LA")
+
+
+def raster_info(path: str | os.PathLike, bands=None) -> RasterInfo:
+    """The header of an image or mask file, without reading its pixels; with `bands` (numbers or descriptions),
+    of the selected bands only."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(path, "file not found")
     if _is_geotiff(path):
         with _open_geotiff(path) as src:
-            dtypes = set(src.dtypes)
+            names = raster_band_names(src.descriptions, src.colorinterp)
+            chosen = _selected(path, bands, src.count, names)
+            dtypes = {src.dtypes[b] for b in chosen}
             if len(dtypes) != 1:
                 raise DataFileError(path, f"bands of different dtypes {sorted(dtypes)}")
-            return RasterInfo(path, src.height, src.width, src.count, src.dtypes[0],
-                              src.crs.to_wkt() if src.crs else None, src.nodata)
+            return RasterInfo(path, src.height, src.width, len(chosen), src.dtypes[chosen[0]],
+                              src.crs.to_wkt() if src.crs else None, src.nodata, tuple(names[b] for b in chosen))
     try:
         with Image.open(path) as image:
             bits, _ = stored_format(image)
-            mode, size = image.mode, image.size
+            mode, size, descriptions = image.mode, image.size, _pil_descriptions(image)
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
         raise DataFileError(path, f"cannot decode the image ({error})") from None
     if mode not in _PIL_DTYPES or (bits > 8 and mode in ("RGB", "RGBA")):
         raise DataFileError(path, f"unsupported pixel format: {bits}-bit mode {mode!r}; store multi-band or 16-bit "
                                   "imagery as GeoTIFF (read exactly through rasterio)")
-    dtype, bands = _PIL_DTYPES[mode]
+    dtype, count = _PIL_DTYPES[mode]
     if mode == "RGBA":
-        bands = 3  # the alpha band is a validity mask, not data
-    return RasterInfo(path, size[1], size[0], bands, dtype)
+        count = 3  # the alpha band is a validity mask, not data
+    if mode == "P":  # read as its colours (read_image converts palette images to RGB)
+        count, descriptions = 3, ("red", "green", "blue")
+    chosen = _selected(path, bands, count, descriptions)
+    return RasterInfo(path, size[1], size[0], len(chosen), dtype, descriptions=tuple(descriptions[b] for b in chosen))
 
 
-def read_image(path: str | os.PathLike, nodata: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels (H, W, C) in the file's dtype, nodata (H, W) bool) of an image file.
+def read_image(path: str | os.PathLike, nodata: float | None = None, bands=None) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (H, W, C) in the file's dtype, nodata (H, W) bool) of an image file; with `bands` (1-based numbers
+    or band descriptions, see `s5_hf.data.images.parse_bands`), of those bands in that order.
 
     `nodata` overrides the file's declared nodata value; a pixel is nodata when every band equals it (NaN: is
     NaN), or, for RGBA PNGs, when alpha is 0. NaN nodata pixels are set to 0; any other NaN is an error."""
@@ -140,7 +162,8 @@ def read_image(path: str | os.PathLike, nodata: float | None = None) -> tuple[np
     alpha = None
     if _is_geotiff(path):
         with _open_geotiff(path) as src:
-            pixels = src.read().transpose(1, 2, 0)
+            chosen = _selected(path, bands, src.count, raster_band_names(src.descriptions, src.colorinterp))
+            pixels = src.read([b + 1 for b in chosen]).transpose(1, 2, 0)
             declared = src.nodata
     else:
         image = open_image(path)
@@ -149,8 +172,11 @@ def read_image(path: str | os.PathLike, nodata: float | None = None) -> tuple[np
         if image.mode == "RGBA":
             alpha = np.asarray(image)[..., 3]
             image = image.convert("RGB")
+        descriptions = _pil_descriptions(image)
         pixels = np.asarray(image)
         pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if bands is not None:
+            pixels = pixels[..., _selected(path, bands, pixels.shape[2], descriptions)]
         declared = None
     value = declared if nodata is None else nodata
     invalid = np.zeros(pixels.shape[:2], dtype=bool)
@@ -297,12 +323,14 @@ def read_id2label(path: str | os.PathLike) -> dict[int, str]:
 
 class LabeledFolder:
     """The pairs at `location` as splits; see the module docstring. `id2label` falls back to the folder's
-    ``id2label.json``."""
+    ``id2label.json``. `bands` selects and orders the image bands (``"4,3,2"``, ``"red,green,blue"`` or a
+    sequence; names are each file's GeoTIFF band descriptions), as `s5-segment --bands` does."""
 
     def __init__(self, location: str | os.PathLike, name: str = "data", *, id2label: Mapping | None = None,
                  ignore_index: int = VOID_ID, nodata: float | None = None, validation_split: float | None = None,
-                 split_seed: int = 0):
+                 split_seed: int = 0, bands=None):
         self.location, self.name = Path(location), name
+        self.bands = parse_bands(bands)
         if id2label is None:
             root = self.location.parent if self.location.is_file() else self.location
             if (root / "id2label.json").is_file():
@@ -342,7 +370,7 @@ class LabeledFolder:
             return self._checked
         first: RasterInfo | None = None
         for pair in (p for pairs in self.splits.values() for p in pairs):
-            image, mask = raster_info(pair.image), raster_info(pair.mask)
+            image, mask = raster_info(pair.image, self.bands), raster_info(pair.mask)
             if image.dtype not in SUPPORTED_DTYPES:
                 raise DataFileError(pair.image, f"dtype {image.dtype} is not supported ({', '.join(SUPPORTED_DTYPES)})")
             if (image.height, image.width) != (mask.height, mask.width):
@@ -365,7 +393,7 @@ class LabeledFolder:
         if self.id2label is None:
             raise ValueError(f"{self.name}={self.location}: class names unknown: pass --labels {self.name}="
                              "id2label.json or put an id2label.json in the folder.")
-        pixels, invalid = read_image(pair.image, self.nodata)
+        pixels, invalid = read_image(pair.image, self.nodata, self.bands)
         values, mask_nodata = read_mask(pair.mask)
         if values.shape != pixels.shape[:2]:
             raise DataFileError(pair.mask, f"mask is {values.shape[0]}x{values.shape[1]} but its image "
@@ -385,7 +413,7 @@ class LabeledFolder:
     def iter_images(self, split: str) -> Iterator[tuple[Pair, np.ndarray, np.ndarray]]:
         """(pair, pixels (H, W, C), valid (H, W) bool) of every image of `split`, for statistics passes."""
         for pair in self.pairs(split):
-            pixels, invalid = read_image(pair.image, self.nodata)
+            pixels, invalid = read_image(pair.image, self.nodata, self.bands)
             yield pair, pixels, ~invalid
 
     def load(self, split: str) -> datasets.IterableDataset:
@@ -400,5 +428,5 @@ def _generate(pairs: list[Pair], folder: LabeledFolder):
         yield folder.read(pair)
 
 
-__all__ = ["CheckedMasks", "LabeledFolder", "mask_value_problem", "Pair", "RasterInfo", "find_pairs", "is_labeled_folder", "raster_info", "read_id2label",
-           "read_image", "read_mask"]
+__all__ = ["CheckedMasks", "LabeledFolder", "Pair", "RasterInfo", "find_pairs", "is_labeled_folder",
+           "mask_value_problem", "raster_info", "read_id2label", "read_image", "read_mask"]

@@ -224,16 +224,113 @@ def decode_mask_bytes(data: bytes) -> np.ndarray:
         return np.asarray(image)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Band selection: one parser for `s5-segment --bands`, the training scripts and the folder readers
+# ----------------------------------------------------------------------------------------------------------------
+#: Band names Pillow gives to the bands of its modes, as the descriptions a GeoTIFF would carry.
+PIL_BAND_DESCRIPTIONS = {"R": "red", "G": "green", "B": "blue", "A": "alpha", "L": "gray", "I": "gray", "F": "gray"}
+
+
+#: GDAL colour interpretations that name a band as a description would (rasterio's ColorInterp names).
+_COLOR_INTERPRETATIONS = ("red", "green", "blue", "alpha", "gray")
+
+
+def raster_band_names(descriptions, color_interpretations=()) -> tuple[str | None, ...]:
+    """Per band, its GeoTIFF description, or else its colour interpretation when that names it (red, green,
+    blue, alpha, gray: an RGB GeoTIFF without descriptions), else None."""
+    colors = list(color_interpretations or []) + [None] * len(descriptions)
+    out = []
+    for description, color in zip(descriptions, colors):
+        name = getattr(color, "name", color)
+        out.append(description or (name if name in _COLOR_INTERPRETATIONS else None))
+    return tuple(out)
+
+
+class BandSelectionError(ValueError):
+    """A band selection that does not fit an image; the reader prefixes the file's name."""
+
+
+def parse_bands(value) -> tuple[int | str, ...] | None:
+    """A band selection from ``"4,3,2"`` (1-based numbers, as GDAL counts), ``"red,green,blue"`` (band
+    descriptions, case-insensitive), a mix of both, or a sequence of such items; None stays None.
+
+    Numbers are kept as ints and names as stripped strings; `resolve_bands` maps them to a file's bands."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            number = int(item)
+        else:
+            text = str(item).strip()
+            if not text:
+                raise ValueError(f"--bands takes 1-based band numbers or band descriptions separated by commas, "
+                                 f"e.g. 4,3,2 or red,green,blue; got an empty item in {value!r}.")
+            if not text.lstrip("+-").isdigit():
+                out.append(text)
+                continue
+            number = int(text)
+        if number < 1:
+            raise ValueError(f"--bands takes 1-based band numbers or band descriptions, e.g. 4,3,2 or "
+                             f"red,green,blue; got {number} in {value!r} (the first band is 1).")
+        out.append(number)
+    if not out:
+        raise ValueError("--bands selects no band.")
+    return tuple(out)
+
+
+def describe_bands(count: int, descriptions) -> str:
+    """'1 "red", 2 "green", 3 (no description)': the available bands, for error messages."""
+    descriptions = list(descriptions or []) + [None] * count
+    return ", ".join(f'{b + 1} "{descriptions[b]}"' if descriptions[b] else f"{b + 1} (no description)"
+                     for b in range(count))
+
+
+def resolve_bands(selection, count: int, descriptions=None) -> list[int]:
+    """0-based indices of `selection` (see `parse_bands`) in an image of `count` bands whose band descriptions are
+    `descriptions` (GeoTIFF band descriptions; None for a band without one). A number out of range, a name no band
+    has, or a name two bands share raises `BandSelectionError` listing the available bands."""
+    selection = parse_bands(selection)
+    if selection is None:
+        return list(range(count))
+    names = [(d or "").strip().lower() for d in (list(descriptions or []) + [None] * count)[:count]]
+    missing = [item for item in selection if isinstance(item, int) and item > count]
+    if missing:
+        raise BandSelectionError(f"band(s) {missing} do not exist; the image has {count} band(s): "
+                                 f"{describe_bands(count, descriptions)}")
+    out = []
+    for item in selection:
+        if isinstance(item, int):
+            out.append(item - 1)
+            continue
+        matches = [b for b, name in enumerate(names) if name and name == item.lower()]
+        if not matches:
+            raise BandSelectionError(f"no band is described as {item!r}; the image's bands: "
+                                     f"{describe_bands(count, descriptions)} (select by 1-based number instead)")
+        if len(matches) > 1:
+            raise BandSelectionError(f"bands {[m + 1 for m in matches]} are all described as {item!r}; select by "
+                                     "1-based number instead")
+        out.append(matches[0])
+    return out
+
+
 __all__ = [
+    "BandSelectionError",
     "DataFileError",
     "MAX_PIXELS",
+    "PIL_BAND_DESCRIPTIONS",
     "colors_to_ids",
     "decode_mask_bytes",
+    "describe_bands",
     "encode_png",
     "open_image",
+    "parse_bands",
     "pixel_format_problem",
     "read_color_mask",
     "read_index_mask",
+    "raster_band_names",
     "read_rgb",
+    "resolve_bands",
     "stored_format",
 ]

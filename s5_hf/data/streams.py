@@ -19,7 +19,6 @@ restarts, as the official code repeats it), reshuffling with `set_epoch`.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from ..configuration_s5 import S5Task
 from .folders import LabeledFolder, is_labeled_folder, read_id2label
 from .registry import BENCHMARKS, HELDOUT, TRAIN_MINUS_HELDOUT, load_benchmark, stage_splits
-from ..training.augment import sample_generator
+from ..training.augment import AugmentedDataset
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class DataSource:
     #: Fraction of a folder without a val split held out (seeded by `split_seed`) as "val".
     validation_split: float | None = None
     split_seed: int = 0
+    #: Bands of a folder's images to use, by 1-based number or description (`s5_hf.data.images.parse_bands`).
+    bands: tuple[int | str, ...] | None = None
 
     @classmethod
     def parse(cls, text: str, default_name: str | None = None) -> DataSource:
@@ -104,13 +106,14 @@ class DataSource:
     def folder(self) -> LabeledFolder:
         """The labeled folder of a ``folder`` source, with this source's classes, nodata and validation split."""
         return LabeledFolder(self.location, self.name, id2label=self.id2label, ignore_index=self.ignore_index,
-                             nodata=self.nodata, validation_split=self.validation_split, split_seed=self.split_seed)
+                             nodata=self.nodata, validation_split=self.validation_split, split_seed=self.split_seed,
+                             bands=self.bands)
 
-    def task(self) -> str | dict:
-        """The model task (head) this source trains: a benchmark's name, or {"name", "id2label", "ignore_index"}
-        from `id2label` or the data itself (a folder's ``id2label.json``, a shard card's ``id2label``)."""
+    def task(self) -> S5Task:
+        """The model task (head) this source trains: a benchmark's, or one with the classes of `id2label` or of the
+        data itself (a folder's ``id2label.json``, a shard card's ``id2label``)."""
         if self.id2label is None and self.name in BENCHMARKS:
-            return self.name
+            return S5Task.parse(self.name)
         id2label = self.id2label
         if id2label is None:
             kind = self.kind
@@ -122,8 +125,7 @@ class DataSource:
         if id2label is None:
             raise ValueError(f"Data source {self.name}={self.location}: its classes are unknown: pass --labels "
                              f"{self.name}=id2label.json (a JSON object {{\"0\": \"background\", ...}}).")
-        return {"name": self.name, "id2label": {int(k): str(v) for k, v in id2label.items()},
-                "ignore_index": self.ignore_index}
+        return S5Task.parse({"name": self.name, "id2label": id2label, "ignore_index": self.ignore_index})
 
     def default_splits(self) -> tuple[str, str, str]:
         """(training, model-selection, reported) split: see `s5_hf.data.registry.stage_splits` for benchmark
@@ -157,25 +159,6 @@ def card_id2label(folder: str | os.PathLike) -> dict[int, str] | None:
 def process_part(dataset: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
     """This process's part of a streaming dataset (no duplicates, nothing missed)."""
     return dataset if world_size == 1 else split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-
-
-def sample_seed_key(row: dict) -> int:
-    sample_id = row.get("id")
-    if sample_id is None:
-        raise KeyError("Training rows need an 'id' column (stable unique id) to seed their augmentation.")
-    return zlib.crc32(str(sample_id).encode())
-
-
-class _Augmented(torch.utils.data.IterableDataset):
-    """Rows of `dataset` at `epoch`, transformed with their per-sample generator (runs inside loader workers)."""
-
-    def __init__(self, dataset: datasets.IterableDataset, transform: Callable, seed: int, epoch: int):
-        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, epoch
-
-    def __iter__(self):
-        self.dataset.set_epoch(self.epoch)
-        for row in self.dataset:
-            yield self.transform(row, generator=sample_generator(self.seed, self.epoch, sample_seed_key(row)))
 
 
 class TrainStream:
@@ -217,7 +200,7 @@ class TrainStream:
         # A private generator: creating an iterator must not consume the global RNG, which dropout and drop path
         # use; otherwise a resumed run (which creates its iterators at a different moment) would diverge.
         return torch.utils.data.DataLoader(
-            _Augmented(self.dataset, self.transform, self.seed, self.epoch),
+            AugmentedDataset(self.dataset, self.transform, self.seed, self.epoch),
             batch_size=self.batch_size,
             drop_last=True,
             num_workers=self.num_workers,
@@ -258,4 +241,4 @@ class TrainStream:
         self._iterator = None
 
 
-__all__ = ["DataSource", "TrainStream", "card_id2label", "process_part", "read_id2label", "sample_seed_key"]
+__all__ = ["DataSource", "TrainStream", "card_id2label", "process_part", "read_id2label"]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cli import ArgumentParser
 from ..data.patches import window_starts
 from ..files import write_text
 from ..inference.scenes import open_scene
@@ -111,7 +112,7 @@ def write_detections(path: str | Path, detections: dict, class_names: Sequence[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scene")
     parser.add_argument("output", help="File to write: GeoJSON (.geojson, .json) or GeoPackage (.gpkg).")
     parser.add_argument("--model", required=True, help="Folder or Hub id of an S5ForOrientedDetection model.")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = AutoModelForObjectDetection.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device)
     task = args.task or model.config.default_task
-    class_names = [model.config.get_task(task)["id2label"][i] for i in range(len(model.config.get_task(task)["id2label"]))]
+    class_names = model.config.get_task(task).class_names
     scene = open_scene(scene_path)
     transform, crs = scene.transform, scene.crs
     scene.close()

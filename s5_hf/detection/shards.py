@@ -7,7 +7,8 @@ Columns: `image` (Image), `boxes` (list of [cx, cy, w, h, angle], float32), `lab
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -49,6 +50,33 @@ def detection_dataset(rows: Iterable[dict], source: str) -> datasets.Dataset:
                    "offset_x": int(left), "offset_y": int(top)}
 
     return datasets.Dataset.from_generator(generate, features=detection_features())
+
+
+def is_shard_folder(location: str | Path) -> bool:
+    """A folder of Parquet shards (`to_parquet_shards` output: `data/*.parquet` or `*.parquet`)."""
+    path = Path(location)
+    return path.is_dir() and (any(path.glob("data/*.parquet")) or any(path.glob("*.parquet")))
+
+
+def read_detection_shards(location: str | Path, split: str, source: str, classes: Sequence[str]) -> Iterator[dict]:
+    """Reader-style rows of `split` from a shard folder of `source` rows (as `read_dior_r` / `read_dota` give, DOTA
+    already cut into patches), with every row checked: its `source` and its labels within `classes`."""
+    try:
+        dataset = datasets.load_dataset(str(location), split=split)
+    except ValueError as error:  # datasets' "Unknown split" and similar
+        raise ValueError(f"{location}: cannot load split {split!r} of the detection shards: {error}") from error
+    missing = set(detection_features()) - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{location}: not detection shards (no {sorted(missing)} column): write them with "
+                         "s5_hf.detection.shards.detection_dataset.")
+    for row, stored in zip(rows_from_dataset(dataset), dataset.select_columns(["source"])):
+        if stored["source"] != source:
+            raise ValueError(f"{location}: row {row['id']!r} holds {stored['source']!r} boxes, not {source!r}.")
+        bad = row["labels"][(row["labels"] < 0) | (row["labels"] >= len(classes))]
+        if len(bad):
+            raise ValueError(f"{location}: row {row['id']!r} has label {int(bad[0])}, outside the {len(classes)} "
+                             f"classes of {source}.")
+        yield row
 
 
 def rows_from_dataset(dataset: Iterable[dict]) -> Iterable[dict]:

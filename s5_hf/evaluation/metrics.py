@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageDraw, ImageFont
 
-from ..files import atomic_path
 from ..label_sets import VOID_ID, get_label_set
+from ..visualize import heat_map, save_png
 
 # The local `evaluate` module that wraps this file (see `load_evaluate_metric`).
 EVALUATE_METRIC_SCRIPT = Path(__file__).parent / "evaluate_metric" / "s5_miou.py"
@@ -293,20 +292,6 @@ def load_evaluate_metric(**kwargs: Any):
     return evaluate.load(str(EVALUATE_METRIC_SCRIPT), **kwargs)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow < 10.1 or without FreeType: the fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _put_text(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, font, fill, align: str = "center") -> None:
-    """Draw `text` vertically centred on `y`; `x` is its left end, centre or right end (`align`)."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    shift = {"left": left, "center": (left + right) / 2, "right": right}[align]
-    draw.text((round(x - shift), round(y - (top + bottom) / 2)), text, fill=fill, font=font)
-
-
 def save_confusion_matrix_png(
     matrix: ConfusionMatrix | torch.Tensor | np.ndarray,
     class_names: Sequence[str] | None,
@@ -331,58 +316,10 @@ def save_confusion_matrix_png(
     with np.errstate(divide="ignore", invalid="ignore"):
         shares = np.where(row_totals > 0, counts / row_totals, np.nan)
 
-    font = _font(14)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_width(text: str) -> int:
-        left, _, right, _ = measure.textbbox((0, 0), text, font=font)
-        return right - left
-
-    pad = 8
-    cell = max(56, text_width("100.0") + 2 * pad)
-    label_width = max(text_width(name) for name in class_names) + 2 * pad
-    band = 2 * pad + 14  # height of a line of text with its margins
-    title_height = band if title else 0
-    left = band + label_width
-    top = title_height + band + label_width
-    column_title = "predicted class (columns); cells: % of the target row"
-    width = max(left + k * cell, left + text_width(column_title), 2 * pad + text_width(title or "")) + pad
-    row_title = "target class (rows)"
-    row_title_length = max(k * cell, text_width(row_title) + 2 * pad)
-    image = Image.new("RGB", (width, top + row_title_length + pad), "white")
-    draw = ImageDraw.Draw(image)
-
-    if title:
-        _put_text(draw, pad, band / 2, title, font, "black", align="left")
-    _put_text(draw, left, title_height + band / 2, column_title, font, "black", align="left")
-    # Vertical text is drawn horizontally on a strip and rotated a quarter turn, so it reads bottom-up.
-    axis = Image.new("RGB", (row_title_length, band), "white")
-    _put_text(ImageDraw.Draw(axis), pad, band / 2, row_title, font, "black", align="left")
-    image.paste(axis.rotate(90, expand=True), (0, top))
-    for j, name in enumerate(class_names):
-        strip = Image.new("RGB", (label_width, cell), "white")
-        # Left-aligned on the strip: after the rotation the name starts just above its column.
-        _put_text(ImageDraw.Draw(strip), pad, cell / 2, name, font, "black", align="left")
-        image.paste(strip.rotate(90, expand=True), (left + j * cell, top - label_width))
-    for i, name in enumerate(class_names):
-        _put_text(draw, left - pad, top + i * cell + cell / 2, name, font, "black", align="right")
-        for j in range(k):
-            x0, y0 = left + j * cell, top + i * cell
-            share = shares[i, j]
-            if math.isnan(share):
-                color, text, ink = (200, 200, 200), "n/a", "black"
-            else:
-                # White (0 %) to dark blue (100 %).
-                color = tuple(round(255 + share * (c - 255)) for c in (8, 48, 107))
-                text, ink = f"{100 * share:.1f}", "white" if share > 0.5 else "black"
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=color, outline=(255, 255, 255))
-            _put_text(draw, x0 + cell / 2, y0 + cell / 2, text, font, ink)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
-    return path
+    texts = [["n/a" if math.isnan(share) else f"{100 * share:.1f}" for share in row] for row in shares]
+    image = heat_map(shares, class_names, class_names, cell_text=texts, title=title, row_title="target class (rows)",
+                     column_title="predicted class (columns); cells: % of the target row")
+    return save_png(image, path)
 
 
 __all__ = [

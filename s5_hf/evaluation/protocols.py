@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_s5 import S5ImageProcessor
 from ..inference.scenes import ArrayScene
-from ..inference.sliding_window import Normalization, SlidingWindow, iter_label_strips
+from ..inference.sliding_window import Normalization, SlidingWindow, _check_scale, iter_label_strips
 from ..label_sets import VOID_ID
 from .metrics import ConfusionMatrix, SegmentationScores, official_scores
 
@@ -110,25 +110,62 @@ class TaskResult:
         return {key: float(value) for key, value in out.items()}
 
 
+def check_processor_bands(model, processor: S5ImageProcessor) -> None:
+    """Refuse a processor whose per-band normalization does not fit the model's bands (e.g. the default RGB
+    processor for a 4-band model: pass the processor saved with the model)."""
+    expected = model.config.num_channels
+    bands = len(processor.image_mean) if processor.do_normalize else None
+    if bands not in (None, 1, expected):
+        raise ValueError(f"The model takes {expected} band(s) but the processor normalizes {bands}: evaluate with "
+                         "the processor saved with the model (AutoImageProcessor.from_pretrained(model folder)).")
+
+
+def image_bands(image, num_channels: int, name: str = "image") -> np.ndarray:
+    """(H, W, C) pixels of a row's image: a PIL image (converted to RGB for a 3-band model, as the benchmarks'
+    readers give them) or an (H, W[, C]) array of any dtype (`LabeledFolder` rows of other bands or dtypes). A
+    band count other than the model's is an error naming the sample."""
+    if isinstance(image, Image.Image):
+        pixels = np.asarray(image.convert("RGB") if num_channels == 3 and image.mode != "RGB" else image)
+    else:
+        pixels = np.asarray(image)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    if pixels.ndim != 3:
+        raise ValueError(f"{name}: expected an image of shape (height, width[, bands]), got {pixels.shape}.")
+    if pixels.shape[2] != num_channels:
+        raise ValueError(f"{name}: has {pixels.shape[2]} band(s) but the model takes {num_channels}; evaluate on "
+                         "data with the model's bands (select them when reading, e.g. LabeledFolder(bands=...)).")
+    return pixels
+
+
 @torch.no_grad()
-def predict_labels(model, image: Image.Image, task: str, protocol: EvalProtocol, crop_size: int,
-                   processor: S5ImageProcessor, batch_size: int = 1) -> np.ndarray:
-    """(H, W) int64 class ids for one image, at the image's own size (`batch_size` sliding windows per forward)."""
+def predict_labels(model, image, task: str, protocol: EvalProtocol, crop_size: int,
+                   processor: S5ImageProcessor, batch_size: int = 1, name: str = "image") -> np.ndarray:
+    """(H, W) int64 class ids for one image (a PIL image or an (H, W, C) array of the model's bands, any dtype the
+    processor takes), at the image's own size (`batch_size` sliding windows per forward)."""
     scorer = FlipAveraged(model) if protocol.flip else model
-    rgb = np.asarray(image.convert("RGB"))
+    pixels = image_bands(image, model.config.num_channels, name)
     if protocol.mode == "slide":
-        scene = ArrayScene(rgb)
-        labels = np.empty(rgb.shape[:2], dtype=np.int64)
+        scene = ArrayScene(pixels, name)
+        labels = np.empty(pixels.shape[:2], dtype=np.int64)
         for top, strip in iter_label_strips(scorer, scene, task, processor=processor,
                                             sliding=SlidingWindow(crop_size, 0.25, batch_size)):
             labels[top : top + len(strip)] = strip
         return labels
     if protocol.mode == "resize":
-        resized = np.asarray(image.convert("RGB").resize((crop_size, crop_size), Image.BILINEAR))
-        pixels = Normalization.from_processor(processor)(resized.transpose(2, 0, 1))[None]
+        normalization = Normalization.from_processor(processor)
+        if pixels.dtype == np.uint8 and pixels.shape[2] == 3:
+            # 8-bit RGB as the official pipeline resizes it: Pillow's bilinear filter on the 8-bit image.
+            resized = np.asarray(Image.fromarray(pixels).resize((crop_size, crop_size), Image.BILINEAR))
+            inputs = normalization(resized.transpose(2, 0, 1))[None]
+        else:
+            # Other bands/dtypes: normalize (clip, scale, mean/std: per band and affine after the clip, so it
+            # commutes with the bilinear resize) in the data's units, then resize the float bands.
+            _check_scale(ArrayScene(pixels, name), normalization, explicit=False)
+            full = normalization(pixels.transpose(2, 0, 1))[None]
+            inputs = F.interpolate(full, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
         device = next(model.parameters()).device
-        logits = scorer(pixels.to(device), task=task).logits.float()
-        logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+        logits = scorer(inputs.to(device), task=task).logits.float()
+        logits = F.interpolate(logits, size=pixels.shape[:2], mode="bilinear", align_corners=False)
         return logits.argmax(1)[0].cpu().numpy()
     raise ValueError(f"Unknown evaluation mode {protocol.mode!r}: use 'slide' or 'resize'.")
 
@@ -147,11 +184,14 @@ def evaluate_task(
 ) -> TaskResult:
     """Score `model`'s head `task` on `rows` (``image`` and ``mask`` columns: this process's part of the split).
 
-    Every process must call it (the confusion matrices are reduced across processes)."""
+    `processor` normalizes the images: the one saved with the model (its per-band statistics for data that is not
+    8-bit RGB); the default `S5ImageProcessor()` is for 8-bit RGB models only. Every process must call it (the
+    confusion matrices are reduced across processes)."""
     protocol = protocol or protocol_for(task)
-    spec = model.config.tasks[model.config.task_index(task)]
-    confusion = ConfusionMatrix(len(spec["id2label"]), spec["ignore_index"], class_names=list(spec["id2label"].values()))
+    spec = model.config.get_task(task)
+    confusion = ConfusionMatrix(spec.num_labels, spec.ignore_index, class_names=list(spec.id2label.values()))
     processor = processor or S5ImageProcessor()
+    check_processor_bands(model, processor)
     was_training = model.training
     model.eval()
     main = accelerator is None or accelerator.is_local_main_process
@@ -164,7 +204,8 @@ def evaluate_task(
             if row.get("mask") is None:
                 raise ValueError(f"{task}: sample {row.get('id')!r} has no mask; evaluate a labelled split.")
             target = np.asarray(row["mask"], dtype=np.int64)
-            pred = predict_labels(model, row["image"], task, protocol, crop_size, processor, batch_size)
+            pred = predict_labels(model, row["image"], task, protocol, crop_size, processor, batch_size,
+                                  name=f"{task}: sample {row.get('id')!r}")
             if pred.shape != target.shape:
                 raise ValueError(f"{task}: sample {row.get('id')!r}: image {pred.shape} and mask {target.shape} differ.")
             confusion.update(pred, target)
@@ -180,9 +221,10 @@ def evaluate_task(
 
 def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str, str], *, crop_size: int,
                      accelerator=None, max_samples: int | None = None,
-                     reader_options: Mapping[str, Mapping] | None = None, batch_size: int = 1) -> dict[str, TaskResult]:
+                     reader_options: Mapping[str, Mapping] | None = None, batch_size: int = 1,
+                     processor: S5ImageProcessor | None = None) -> dict[str, TaskResult]:
     """`evaluate_task` for every `{task: DataSource}` on `split` (one name, or one per task), each process scoring
-    its own part."""
+    its own part; `processor`: see `evaluate_task`."""
     from ..data.streams import process_part
 
     rank, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
@@ -193,10 +235,10 @@ def evaluate_sources(model, sources: Mapping[str, Any], split: str | Mapping[str
         rows = process_part(source.load(task_split, **(reader_options or {}).get(task, {})), rank, world)
         # Each process caps its own part, so the cap is per process.
         result = evaluate_task(unwrapped, rows, task, crop_size=crop_size, accelerator=accelerator,
-                               max_samples=max_samples, batch_size=batch_size)
+                               max_samples=max_samples, batch_size=batch_size, processor=processor)
         result.split = task_split
         results[task] = result
     return results
 
-__all__ = ["EvalProtocol", "FlipAveraged", "PROTOCOLS", "TaskResult", "evaluate_sources", "evaluate_task",
-           "predict_labels", "protocol_for"]
+__all__ = ["EvalProtocol", "FlipAveraged", "PROTOCOLS", "TaskResult", "check_processor_bands", "evaluate_sources",
+           "evaluate_task", "image_bands", "predict_labels", "protocol_for"]

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from ..cli import ArgumentParser
 from ..configuration_s5 import PRESETS, S5Config
 from ..label_sets import MDF_TASKS
 from ..modeling_s5 import S5ForSemanticSegmentation
@@ -27,12 +28,28 @@ PAPER_MILLIONS = {
 UNUSED_PLACEHOLDER_PER_DECODER = 257
 
 
-def count_parameters(preset: str, variant: str) -> int:
+def variant_config(preset: str, variant: str) -> S5Config:
     """`variant`: "single" (S4P, iSAID head), "multiple" (four-dataset MoE) or "shared" (four decoders, no experts)."""
     tasks = ["isaid"] if variant == "single" else list(MDF_TASKS)
     kwargs = {"part_features": 0} if variant == "shared" else {}
+    return S5Config.from_preset(preset, tasks=tasks, **kwargs)
+
+
+def count_parameters(config: S5Config | str, variant: str | None = None) -> int:
+    """Parameters of the model of `config` (segmentation, or oriented detection for an `S5DetectionConfig`), or of
+    a preset's `variant` (`count_parameters("vit-b", "multiple")`), built on the meta device (no memory used)."""
+    if isinstance(config, str):
+        config = variant_config(config, variant)
+    elif variant is not None:
+        raise ValueError("variant goes with a preset name, not with a configuration.")
+    from ..configuration_s5_detection import S5DetectionConfig
+
+    if isinstance(config, S5DetectionConfig):
+        from ..modeling_s5_detection import S5ForOrientedDetection as model_class
+    else:
+        model_class = S5ForSemanticSegmentation
     with torch.device("meta"):
-        model = S5ForSemanticSegmentation(S5Config.from_preset(preset, tasks=tasks, **kwargs))
+        model = model_class(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -42,7 +59,7 @@ def official_equivalent(preset: str, variant: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s5-params", description=__doc__,
+    parser = ArgumentParser(prog="s5-params", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), action="append",
                         help="only this backbone (repeatable; default: all presets)")

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cli import ArgumentParser
 from ..files import fsync_directory, fsync_file, temporary_sibling
-from ..modeling_s5 import S5ForSemanticSegmentation, TaskRouting
+from ..modeling_s5 import S5ForSemanticSegmentation, TaskRouting, stages_to_maps
 
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 
@@ -63,11 +64,9 @@ class SingleTaskLogits(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         model, config = self.model, self.model.config
-        embeddings, (grid_h, grid_w) = model.s5.embeddings(pixel_values)
-        kept, _, _ = model.s5.encoder(embeddings, _WholeBatch(), set(config.out_indices))
-        batch = embeddings.shape[0]
-        maps = [kept[i].transpose(1, 2).reshape(batch, -1, grid_h, grid_w) for i in config.out_indices]
-        logits = model.classifiers[0](model.decoders[0](model.s5.neck(maps)))
+        embeddings, grid = model.s5.embeddings(pixel_values)
+        stages = model.s5.encoder(embeddings, _WholeBatch(), config.out_indices).stages
+        logits = model.classifiers[0](model.decoders[0](model.s5.neck(stages_to_maps(stages, grid))))
         return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear",
                              align_corners=config.logits_align_corners)
 
@@ -153,9 +152,9 @@ def _export_program(single: S5ForSemanticSegmentation, size: int, dynamic_batch:
         single.train(was_training)
     spec = config.tasks[0]
     program.model.metadata_props.update({
-        "s5_task": spec["name"],
-        "s5_id2label": json.dumps({str(k): v for k, v in spec["id2label"].items()}),
-        "s5_ignore_index": str(spec["ignore_index"]),
+        "s5_task": spec.name,
+        "s5_id2label": json.dumps({str(k): v for k, v in spec.id2label.items()}),
+        "s5_ignore_index": str(spec.ignore_index),
         "s5_image_size": str(size),
         "s5_num_channels": str(config.num_channels),
     })
@@ -240,16 +239,16 @@ def verify_onnx(path: str | os.PathLike, model: S5ForSemanticSegmentation, *, si
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m s5_hf.inference.export", description=__doc__,
+    parser = ArgumentParser(prog="python -m s5_hf.inference.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="S5 model folder or Hub repo id")
     parser.add_argument("output", help="ONNX file to write (.onnx)")
     parser.add_argument("--task", help="dataset head to export (required for a multi-task model)")
-    parser.add_argument("--image-size", type=int, help="window size in px (default: the model's image_size)")
-    parser.add_argument("--static-batch", action="store_true", help="batch 1 only (default: any batch size)")
+    parser.add_argument("--image_size", type=int, help="window size in px (default: the model's image_size)")
+    parser.add_argument("--static_batch", action="store_true", help="batch 1 only (default: any batch size)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check against PyTorch")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no_verify", action="store_true", help="skip the onnxruntime check against PyTorch")
+    parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
     local = Path(args.model).expanduser()
     if (args.model.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..data.images import PIL_BAND_DESCRIPTIONS, raster_band_names
+
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class Scene:
     dtype: np.dtype
     crs = None
     transform = None
+    #: Band descriptions (GeoTIFF band descriptions, Pillow's band names as red/green/blue...), None where absent;
+    #: `--bands red,green,blue` selects by them.
+    descriptions: tuple[str | None, ...] = ()
     # GeoTIFF tags Pillow saw but cannot turn into a CRS (rasterio missing): such a scene cannot keep them.
     unreadable_georeferencing = False
 
@@ -101,6 +106,7 @@ class PILScene(Scene):
         if not self.width or not self.height:
             raise SceneError(f"{name}: the image is empty ({self.height}x{self.width} pixels).")
         self.bands = len(self.image.getbands())
+        self.descriptions = tuple(PIL_BAND_DESCRIPTIONS.get(b) for b in self.image.getbands())
         self.dtype = np.asarray(self.image.crop((0, 0, 1, 1))).dtype
 
     @classmethod
@@ -124,19 +130,39 @@ class PILScene(Scene):
         return window[None] if window.ndim == 2 else np.moveaxis(window, -1, 0)
 
 
-class RasterioScene(Scene):
-    """A GeoTIFF (or any GDAL raster) read window by window with rasterio."""
+#: Prefixes of GDAL virtual file systems (read through rasterio, never as local paths).
+REMOTE_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/", "/vsihdfs/",
+                   "/vsiwebhdfs/", "http://", "https://", "s3://", "gs://")
 
-    def __init__(self, path: Path):
+
+def is_remote(source) -> bool:
+    """Whether `source` is a URL or GDAL virtual path (``/vsicurl/https://...``) rather than a local file."""
+    return isinstance(source, str) and source.startswith(REMOTE_PREFIXES)
+
+
+def gdal_path(source: str) -> str:
+    """A URL as the GDAL path rasterio opens: http(s) URLs go through /vsicurl/ (range requests, so only the
+    windows read are downloaded)."""
+    if source.startswith(("http://", "https://")):
+        return "/vsicurl/" + source
+    return source
+
+
+class RasterioScene(Scene):
+    """A GeoTIFF (or any GDAL raster, including remote ones such as ``/vsicurl/https://...``) read window by window
+    with rasterio."""
+
+    def __init__(self, path: Path | str):
         try:
             self.dataset = rasterio.open(path)
         except rasterio.errors.RasterioIOError as error:
             raise SceneError(f"{path}: cannot read the raster ({error}).") from error
-        self.name = str(path)
+        self.name = path if isinstance(path, str) else str(path)
         self.height, self.width, self.bands = self.dataset.height, self.dataset.width, self.dataset.count
         if len(set(self.dataset.dtypes)) != 1:
             raise SceneError(f"{path}: bands of different data types ({self.dataset.dtypes}) are not supported.")
         self.dtype = np.dtype(self.dataset.dtypes[0])
+        self.descriptions = raster_band_names(self.dataset.descriptions, self.dataset.colorinterp)
         self.crs, self.transform = self.dataset.crs, self.dataset.transform
         # Only declared nodata (or an internal/alpha mask) makes pixels void; plain imagery has no mask.
         self.has_mask = any(
@@ -159,7 +185,8 @@ class RasterioScene(Scene):
 
 
 def open_scene(source: str | os.PathLike | np.ndarray | Image.Image | Scene) -> Scene:
-    """A `Scene` for a path (PNG/JPEG/TIFF; TIFFs through rasterio when installed), an array or a PIL image.
+    """A `Scene` for a path (PNG/JPEG/TIFF; TIFFs through rasterio when installed), a URL or GDAL virtual path
+    (``https://...``, ``/vsicurl/...``, ``/vsis3/...``: rasterio), an array or a PIL image.
     A `Scene` (e.g. your own reader for another format) is returned as it is."""
     if isinstance(source, Scene):
         return source
@@ -167,6 +194,10 @@ def open_scene(source: str | os.PathLike | np.ndarray | Image.Image | Scene) -> 
         return PILScene(source)
     if isinstance(source, np.ndarray):
         return ArrayScene(source)
+    if is_remote(source):
+        if rasterio is None:
+            raise SceneError(f"{source}: reading remote scenes needs rasterio: pip install 's5-hf[geo]'.")
+        return RasterioScene(gdal_path(source))
     path = Path(source)
     if not path.is_file():
         raise SceneError(f"{path}: no such file.")

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 
-from .scenes import IMAGE_SUFFIXES, TIFF_SUFFIXES, Scene, SceneError, open_scene
+from .scenes import IMAGE_SUFFIXES, TIFF_SUFFIXES, Scene, SceneError, is_remote, open_scene
 from .sliding_window import Normalization, SlidingWindow, _check_scale, _select_bands, iter_label_strips
 from .writers import ColorComposer, _label_writer
 
@@ -56,26 +56,31 @@ def segment_file(
     window: int = 512,
     overlap: float = 0.25,
     batch_size: int = 4,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | str | None = None,
     rescale_factor: float | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    cog: bool = False,
 ) -> SceneResult:
     """Predict the scene at `source` and write its label map to `output` (.png or .tif), row block by row block.
 
-    With `color`, also write a colour PNG (mask over the scene with opacity `alpha`, legend on the right).
+    With `color`, also write a colour PNG (mask over the scene with opacity `alpha`, legend on the right). With
+    `cog`, the mask (.tif) is a Cloud-Optimized GeoTIFF (`writers.write_cog`: tiled, overviews, CRS, nodata and
+    colour map kept). `source` may be a GDAL virtual path or URL read with rasterio (``/vsicurl/https://...``,
+    ``https://...``, ``/vsis3/...``), read window by window over HTTP range requests.
     Outputs appear only when complete. An output that is the input file (or a link to it) or lies inside the
     installed package raises `OutputError`; so does an existing output unless `overwrite`. Other arguments: see
     `segment_scene`.
     """
     config = model.config
-    task_spec = config.tasks[config.task_index(task if task is not None else config.default_task)]
-    class_names = [task_spec["id2label"][k] for k in range(len(task_spec["id2label"]))]
+    task_spec = config.get_task(task if task is not None else config.default_task)
+    class_names = task_spec.class_names
     palette = task_palette(task_spec)
     processor = processor or S5ImageProcessor()
     output = Path(output)
     outputs = [output] + ([Path(color)] if color is not None else [])
-    check_outputs(outputs, [source] if isinstance(source, (str, os.PathLike)) else [], overwrite=overwrite)
+    local = isinstance(source, (str, os.PathLike)) and not is_remote(source)
+    check_outputs(outputs, [source] if local else [], overwrite=overwrite)
     if color is not None and Path(color).resolve() == output.resolve():
         raise OutputError(f"{output}: the mask and the colour image would be the same file.")
     scene = open_scene(source)
@@ -85,14 +90,14 @@ def segment_file(
         # Bad scaling is found before any folder or file is created (it would also stop the first strip).
         _check_scale(scene, Normalization.from_processor(processor, rescale_factor), rescale_factor is not None)
         output.parent.mkdir(parents=True, exist_ok=True)
-        writers.append(_label_writer(output, scene, palette, class_names))
+        writers.append(_label_writer(output, scene, palette, class_names, cog=cog))
         if color is not None:
             scale = Normalization.from_processor(processor, rescale_factor).rescale_factor
             writers.append(ColorComposer(Path(color), scene, channels, scale, palette, class_names,
-                                          f"{task_spec['name']}", alpha))
+                                          f"{task_spec.name}", alpha))
         counts = np.zeros(256, dtype=np.int64)
         for _, labels in iter_label_strips(
-            model, scene, task_spec["name"], processor=processor, sliding=SlidingWindow(window, overlap, batch_size),
+            model, scene, task_spec.name, processor=processor, sliding=SlidingWindow(window, overlap, batch_size),
             bands=bands, rescale_factor=rescale_factor, progress=progress,
         ):
             counts += np.bincount(labels.ravel(), minlength=256)
@@ -116,8 +121,10 @@ class FolderResult:
     failed: dict[str, str]
 
 
-def output_name(source: Path, fmt: str) -> str:
+def output_name(source: Path | str, fmt: str) -> str:
     """Mask file name for `source`: `auto` keeps TIFFs as TIFF (georeferencing) and writes PNG otherwise."""
+    if isinstance(source, str):  # a URL or GDAL virtual path: its last component, without a query
+        source = Path(source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "scene")
     if fmt == "auto":
         fmt = "tif" if source.suffix.lower() in TIFF_SUFFIXES else "png"
     return f"{source.stem}.{fmt}"

@@ -43,13 +43,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..image_processing_s5 import S5ImageProcessor
+from ..image_processing_s5 import S5ImageProcessor, clip_bands
 from ..label_sets import VOID_ID
 
 logger = logging.getLogger(__name__)
 
 
 
+from ..data.images import BandSelectionError, describe_bands, parse_bands, resolve_bands
 from ..data.patches import window_starts
 from .scenes import Scene, SceneError, open_scene
 
@@ -61,7 +62,7 @@ class _Logits:
 class CompiledSegmenter(torch.nn.Module):
     """`model` with its single-task forward (`pixel_values -> logits`) compiled by `torch.compile`, one compiled
     graph per task, for the sliding-window predictor (`segment_scene(CompiledSegmenter(model), ...)`, CLI
-    `--torch-compile`). Called like the model, `(pixel_values, task=name)`, it returns an object with `.logits`.
+    `--torch_compile`). Called like the model, `(pixel_values, task=name)`, it returns an object with `.logits`.
 
     The input checks run eagerly first; the graph starts at the patch embedding, with the task fixed, so the
     host-side routing of a mixed batch (a data-dependent read of the task ids) is not in it. Windows all have
@@ -109,11 +110,16 @@ def hann_weights(height: int, width: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Normalization:
-    """How raw band values become model inputs: x * rescale_factor, then (x - mean) / std per band."""
+    """How raw band values become model inputs: clipped per band to [clip_min, clip_max] if the processor clips
+    (percentile clipping of 16-bit data), x * rescale_factor, then (x - mean) / std per band."""
 
     rescale_factor: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    clip_min: tuple[float, ...] | None = None
+    clip_max: tuple[float, ...] | None = None
+    #: The dtype the processor's per-band statistics were computed on (None: any).
+    input_dtype: str | None = None
 
     @classmethod
     def from_processor(cls, processor: S5ImageProcessor, rescale_factor: float | None = None) -> Normalization:
@@ -125,9 +131,13 @@ class Normalization:
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         else:
             mean, std = (0.0,), (1.0,)
-        return cls(float(scale), mean, std)
+        clip = getattr(processor, "do_clip", False)
+        return cls(float(scale), mean, std, tuple(processor.clip_min) if clip else None,
+                   tuple(processor.clip_max) if clip else None, getattr(processor, "input_dtype", None))
 
     def __call__(self, raw: np.ndarray) -> torch.Tensor:
+        if self.clip_min is not None:
+            raw = clip_bands(raw, self.clip_min, self.clip_max)  # the processor's own clipping, bands first
         pixels = torch.from_numpy(np.ascontiguousarray(raw)).float() * self.rescale_factor
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
@@ -151,30 +161,40 @@ class SlidingWindow:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
 
 
-def _select_bands(scene: Scene, bands: Sequence[int] | None, expected: int) -> list[int]:
-    """0-based band indices to feed the model; `bands` are 1-based as in GDAL and the CLI."""
+def _select_bands(scene: Scene, bands: Sequence[int | str] | str | None, expected: int) -> list[int]:
+    """0-based band indices to feed the model; `bands` are 1-based numbers as in GDAL and the CLI, or band
+    descriptions (see `s5_hf.data.images.parse_bands`, the parser the data readers use too)."""
     if bands is None:
         if scene.bands != expected:
             raise SceneError(
-                f"{scene.name}: has {scene.bands} band(s) but the model expects {expected}. Select bands with "
-                f"bands=[...] (CLI: --bands, 1-based), e.g. --bands {','.join(str(b) for b in range(1, expected + 1))}."
+                f"{scene.name}: has {scene.bands} band(s) but the model expects {expected} (the scene's bands: "
+                f"{describe_bands(scene.bands, scene.descriptions)}). Select bands with bands=[...] (CLI: --bands, "
+                f"1-based numbers or band descriptions), e.g. --bands {','.join(str(b) for b in range(1, expected + 1))}."
             )
         return list(range(expected))
-    bands = [int(b) for b in bands]
-    if len(bands) != expected:
-        raise SceneError(f"{scene.name}: {len(bands)} band(s) selected ({bands}) but the model expects {expected}.")
-    bad = [b for b in bands if not 1 <= b <= scene.bands]
-    if bad:
-        raise SceneError(f"{scene.name}: band(s) {bad} do not exist; the image has bands 1..{scene.bands}.")
-    return [b - 1 for b in bands]
+    try:
+        chosen = resolve_bands(bands, scene.bands, scene.descriptions)
+    except BandSelectionError as error:
+        raise SceneError(f"{scene.name}: {error}.") from None
+    except ValueError as error:
+        raise SceneError(f"{scene.name}: {error}") from None
+    if len(chosen) != expected:
+        raise SceneError(f"{scene.name}: {len(chosen)} band(s) selected ({','.join(map(str, parse_bands(bands)))}) "
+                         f"but the model expects {expected}.")
+    return chosen
 
 
 def _check_scale(scene: Scene, normalization: Normalization, explicit: bool) -> None:
+    expected = normalization.input_dtype
+    if expected is not None and np.dtype(scene.dtype) != np.dtype(expected) and not explicit:
+        # Statistics of one dtype applied to another (8-bit PNG into a 16-bit model) are garbage: refuse.
+        raise SceneError(f"{scene.name}: holds {np.dtype(scene.dtype).name} values but the processor's per-band "
+                         f"statistics were computed on {expected} data: pass imagery of the training dtype.")
     # 8-bit scaling applied to 16-bit or float imagery gives garbage predictions without any error: refuse.
     if scene.dtype != np.uint8 and not explicit and math.isclose(normalization.rescale_factor, 1 / 255):
         raise SceneError(
             f"{scene.name}: holds {scene.dtype} values but the processor scales by 1/255 (8-bit imagery). Pass "
-            f"rescale_factor (CLI: --rescale-factor) mapping the data to [0, 1], e.g. 1/65535 for 16-bit data."
+            f"rescale_factor (CLI: --rescale_factor) mapping the data to [0, 1], e.g. 1/65535 for 16-bit data."
         )
 
 
@@ -186,7 +206,7 @@ def iter_label_strips(
     *,
     processor: S5ImageProcessor | None = None,
     sliding: SlidingWindow | None = None,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | str | None = None,
     rescale_factor: float | None = None,
     progress: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -201,10 +221,10 @@ def iter_label_strips(
     config = model.config
     sliding = sliding or SlidingWindow()
     sliding.check(config.patch_size)
-    task = config.tasks[config.task_index(task if task is not None else config.default_task)]
-    num_classes = len(task["id2label"])
+    task = config.get_task(task if task is not None else config.default_task)
+    num_classes = task.num_labels
     if num_classes >= VOID_ID:
-        raise ValueError(f"Task {task['name']!r} has {num_classes} classes; uint8 label maps hold at most {VOID_ID}.")
+        raise ValueError(f"Task {task.name!r} has {num_classes} classes; uint8 label maps hold at most {VOID_ID}.")
     processor = processor or S5ImageProcessor()
     normalization = Normalization.from_processor(processor, rescale_factor)
     if len(normalization.mean) not in (1, config.num_channels):
@@ -239,7 +259,7 @@ def iter_label_strips(
                 h, w = min(win_h, height - top), min(win_w, width - left)
                 raw = scene.read(top, left, h, w)[channels]
                 batch[i, :, :h, :w] = normalization(raw)  # beyond the scene: 0 = the mean colour
-            logits = model(batch.to(device), task=task["name"]).logits.float().cpu()
+            logits = model(batch.to(device), task=task.name).logits.float().cpu()
             probabilities = torch.softmax(logits, dim=1).mul_(weights)
             for i, (top, left) in enumerate(batch_windows):
                 h, w = min(win_h, height - top), min(win_w, width - left)
@@ -273,7 +293,7 @@ def segment_scene(
     window: int = 512,
     overlap: float = 0.25,
     batch_size: int = 4,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | str | None = None,
     rescale_factor: float | None = None,
     progress: bool = False,
 ) -> np.ndarray:
@@ -288,7 +308,8 @@ def segment_scene(
         processor: its rescale factor and mean/std normalise the pixels (resizing is never applied: the
             scene keeps its ground sample distance); defaults to `S5ImageProcessor()`.
         window, overlap, batch_size: see `SlidingWindow`.
-        bands: 1-based bands to use when the scene has more or fewer than the model's `num_channels`.
+        bands: bands to use when the scene has more or fewer than the model's `num_channels`: 1-based numbers
+            or band descriptions (``[4, 3, 2]``, ``"red,green,blue"``).
         rescale_factor: overrides the processor's (required for non-8-bit imagery, e.g. 1/65535).
     Returns:
         Class ids 0..K-1; 255 where a GeoTIFF declares nodata.

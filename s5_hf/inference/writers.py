@@ -102,18 +102,67 @@ class PngRowWriter(RowWriter):
         self.file.close()
 
 
-class GeoTiffRowWriter(RowWriter):
-    """Single-band uint8 GeoTIFF written by row windows with rasterio; keeps the scene's CRS and transform."""
+#: Block size of Cloud-Optimized GeoTIFF output (GDAL's COG driver default).
+COG_BLOCK = 512
 
-    def __init__(self, path: Path, scene: Scene, palette: np.ndarray, class_names: Sequence[str]):
+
+def has_cog_driver() -> bool:
+    """Whether the GDAL under rasterio has the COG driver (GDAL >= 3.1)."""
+    with rasterio.Env() as env:
+        return "COG" in env.drivers()
+
+
+def overview_factors(width: int, height: int, block: int = COG_BLOCK) -> list[int]:
+    """2, 4, 8, ... until the smallest overview fits in one block (GDAL's own rule for COG overviews)."""
+    factors, factor = [], 2
+    while max(width, height) / (factor // 2) > block:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+def write_cog(source: Path, target: Path) -> None:
+    """Copy the label GeoTIFF `source` to `target` as a Cloud-Optimized GeoTIFF: tiled 512 x 512, deflate,
+    overviews by the majority class (MODE: a class map must not be averaged), CRS, transform, nodata, colour map
+    and tags kept. With GDAL's COG driver when present; otherwise the classic layout written by rasterio (a tiled
+    GeoTIFF, overviews built into the source, copied with COPY_SRC_OVERVIEWS so they come first in the file)."""
+    from rasterio.enums import Resampling
+    from rasterio.shutil import copy as raster_copy
+
+    if has_cog_driver():
+        raster_copy(source, target, driver="COG", BLOCKSIZE=COG_BLOCK, COMPRESS="DEFLATE",
+                    OVERVIEW_RESAMPLING="MODE", OVERVIEWS="AUTO")
+        return
+    with rasterio.open(source, "r+") as dataset:
+        factors = overview_factors(dataset.width, dataset.height)
+        if factors:
+            dataset.build_overviews(factors, Resampling.mode)
+    raster_copy(source, target, driver="GTiff", TILED="YES", BLOCKXSIZE=COG_BLOCK, BLOCKYSIZE=COG_BLOCK,
+                COMPRESS="DEFLATE", COPY_SRC_OVERVIEWS="YES")
+
+
+class GeoTiffRowWriter(RowWriter):
+    """Single-band uint8 GeoTIFF written by row windows with rasterio; keeps the scene's CRS and transform.
+
+    With `cog`, the rows go to an intermediate tiled GeoTIFF that `close()` converts to a Cloud-Optimized GeoTIFF
+    (`write_cog`); the final name appears only once the conversion is complete."""
+
+    def __init__(self, path: Path, scene: Scene, palette: np.ndarray, class_names: Sequence[str],
+                 cog: bool = False):
         super().__init__(path, scene.width, scene.height)
+        self.cog = cog
+        block = COG_BLOCK if cog else 256
         profile = dict(driver="GTiff", width=scene.width, height=scene.height, count=1, dtype="uint8",
-                       nodata=VOID_ID, compress="deflate", tiled=True, blockxsize=256, blockysize=256,
-                       crs=scene.crs, transform=scene.transform)
-        if scene.width < 256 or scene.height < 256:
+                       nodata=VOID_ID, compress="deflate", tiled=True, blockxsize=block, blockysize=block)
+        if scene.transform is not None:  # a Pillow scene (cog output) has none
+            profile.update(crs=scene.crs, transform=scene.transform)
+        if scene.width < block or scene.height < block:
             profile.update(tiled=False, blockxsize=None, blockysize=None)
             profile = {k: v for k, v in profile.items() if v is not None}
-        self.dataset = rasterio.open(self.tmp, "w", **profile)
+        self.target = self.tmp
+        if cog:
+            self.target = self.path.with_name(f".{self.path.name}.rows.tif")
+        self.dataset = rasterio.open(self.target, "w", **profile)
         self.dataset.write_colormap(1, {k: (*map(int, palette[k]), 255) for k in range(len(palette))})
         self.dataset.update_tags(1, class_names=json.dumps(list(class_names)))
 
@@ -122,9 +171,16 @@ class GeoTiffRowWriter(RowWriter):
 
     def _finish(self) -> None:
         self.dataset.close()
+        if self.cog:
+            try:
+                write_cog(self.target, self.tmp)
+            finally:
+                self.target.unlink(missing_ok=True)
 
     def _release(self) -> None:
         self.dataset.close()
+        if self.cog:
+            self.target.unlink(missing_ok=True)
 
 
 class InMemoryRowWriter(RowWriter):
@@ -185,8 +241,15 @@ class ColorComposer:
         self.writer.abort()
 
 
-def _label_writer(path: Path, scene: Scene, palette: np.ndarray, class_names: Sequence[str]) -> RowWriter:
+def _label_writer(path: Path, scene: Scene, palette: np.ndarray, class_names: Sequence[str],
+                  cog: bool = False) -> RowWriter:
     suffix = path.suffix.lower()
+    if cog:
+        if suffix not in TIFF_SUFFIXES:
+            raise ValueError(f"{path}: a Cloud-Optimized GeoTIFF needs a .tif output, not {suffix!r}.")
+        if rasterio is None:
+            raise SceneError("Cloud-Optimized GeoTIFF output needs rasterio: pip install 's5-hf[geo]'.")
+        return GeoTiffRowWriter(path, scene, palette, class_names, cog=True)
     if suffix == ".png":
         if scene.georeferenced or scene.unreadable_georeferencing:
             logger.warning("%s: a PNG drops the georeferencing of %s; write a .tif to keep it.", path, scene.name)

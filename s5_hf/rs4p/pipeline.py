@@ -33,10 +33,12 @@ without the model's scores (folder, sizes, model options) is checked before scor
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -128,8 +130,10 @@ class SelectionArguments:
     barrier_timeout_minutes: int = field(default=24 * 60, metadata={"help": "How long processes wait for each other."})
     dataset_name: str = field(default="RS4P selection", metadata={"help": "Title of the dataset card."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir/dataset to the Hub (dataset repo)."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Dataset repo id for --push_to_hub."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Dataset repo id for --push_to_hub."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    # The old name of hub_dataset_id (the result is a dataset, not a model): still accepted, with a warning.
+    hub_model_id: str | None = field(default=None, metadata={"help": argparse.SUPPRESS})
 
     def __post_init__(self):
         if isinstance(self.pool, (str, os.PathLike)):
@@ -140,8 +144,15 @@ class SelectionArguments:
             raise ValueError(f"num_clusters must be positive, got {self.num_clusters}.")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}.")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (the dataset repo to upload to).")
+        if self.hub_model_id is not None:
+            warnings.warn("hub_model_id (--hub_model_id) is deprecated for the RS4P selection, which publishes a "
+                          "dataset: use hub_dataset_id (--hub_dataset_id).", FutureWarning, stacklevel=3)
+            if self.hub_dataset_id not in (None, self.hub_model_id):
+                raise ValueError(f"Got --hub_dataset_id {self.hub_dataset_id!r} and its deprecated alias "
+                                 f"--hub_model_id {self.hub_model_id!r}: pass --hub_dataset_id only.")
+            self.hub_dataset_id, self.hub_model_id = self.hub_model_id, None
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError("--push_to_hub needs --hub_dataset_id (the dataset repo to upload to).")
         if self.max_chunks is not None and self.max_chunks < 0:
             raise ValueError(f"max_chunks must be non-negative, got {self.max_chunks}.")
 
@@ -256,9 +267,9 @@ def check_before_scoring(args: SelectionArguments, model_config, pool: ImagePool
     except (KeyError, ValueError) as error:
         problems.append(f"--task {args.task!r}: {error}")
     else:
-        num_classes = len(task["id2label"])
+        num_classes = task.num_labels
         if args.background is not None and not 0 <= args.background < num_classes:
-            problems.append(f"background_id={args.background_id} is not a class of task {task['name']!r} "
+            problems.append(f"background_id={args.background_id} is not a class of task {task.name!r} "
                             f"(0..{num_classes - 1}); pass -1 to exclude no class")
     if args.image_size % model_config.patch_size:
         problems.append(f"image_size={args.image_size} is not a multiple of the model's patch size "
@@ -387,14 +398,29 @@ def run_selection(args: SelectionArguments, model: torch.nn.Module | None = None
     return outcome
 
 
+def _band_processor(args, model):
+    """None for an RGB model (8-bit RGB pools with the paper's constants, as always); for any other band count the
+    processor saved with the model, whose per-band normalization the pool images must go through."""
+    if model.config.num_channels == 3:
+        return None
+    from ..image_processing_s5 import S5ImageProcessor
+
+    try:
+        return S5ImageProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{args.model}: the model takes {model.config.num_channels} bands, so scoring needs the "
+                         f"image processor saved with it (its per-band normalization): {error}") from error
+
+
 def _score_chunks(args, model, state, mine, pool, labeled, chunks, stores) -> int:
     device = state.device if state.device.type != "cpu" else torch.device("cpu")
     options = ScoringOptions(image_size=args.image_size, batch_size=args.batch_size,
                              background_id=args.background, task=args.task)
+    processor = _band_processor(args, model)
     scorers = {
-        "pool": ChunkScorer(model, options, device=device, dtype=DTYPES[args.dtype]),
+        "pool": ChunkScorer(model, options, device=device, dtype=DTYPES[args.dtype], processor=processor),
         "labeled": ChunkScorer(model, ScoringOptions(**{**asdict(options), "features_only": True}),
-                               device=device, dtype=DTYPES[args.dtype]),
+                               device=device, dtype=DTYPES[args.dtype], processor=processor),
     }
     sources = {"pool": pool, "labeled": labeled}
     limit = len(mine) if args.max_chunks is None else min(args.max_chunks, len(mine))
@@ -549,7 +575,7 @@ def _merge_and_export(args, out: Path, config, pool, labeled, chunks, stores) ->
         for p, reason in found.errors
     ]
     stats = _statistics(args, task, scores, candidates, picked, clusters, result, kmeans, environments)
-    label_set = task["name"] if task["name"] in LABEL_SETS else None
+    label_set = task.name if task.name in LABEL_SETS else None
     card = DatasetCardInfo(
         pretty_name=args.dataset_name,
         description=card_description(stats),
@@ -602,7 +628,7 @@ def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, r
     parameters = {
         "name": args.dataset_name, "target_size": args.target_size, "num_clusters": args.num_clusters,
         "top_up": args.top_up, "image_size": args.image_size, "background_id": args.background,
-        "task": task["name"], "model": args.model, "seed": args.seed, "labeled": str(args.labeled),
+        "task": task.name, "model": args.model, "seed": args.seed, "labeled": str(args.labeled),
         "pool": [str(p) for p in args.pool], "feature": "mean of last-block patch tokens, L2-normalised",
         "ranking": "ascending foreground entropy, ties by id",
         "quota_rounding": "largest remainder (quotas sum to target_size)", "kmeans_max_iter": args.kmeans_max_iter,
@@ -613,7 +639,7 @@ def _statistics(args, task, scores: _PoolScores, candidates, picked, clusters, r
     return SelectionStats(
         parameters=parameters,
         per_source=per_source,
-        class_share=class_share(scores.class_counts[picked].sum(axis=0), task["id2label"]),
+        class_share=class_share(scores.class_counts[picked].sum(axis=0), task.id2label),
         quota_table=quota_table,
         entropy_summary={"pool": entropy_summary(scores.entropy[candidates]),
                          "selected": entropy_summary(scores.entropy[picked])},
@@ -629,8 +655,8 @@ def _push(args: SelectionArguments, folder: Path) -> None:
     # an earlier push that this one does not replace (otherwise they would be read as duplicated rows).
     from ..hub.publish import publish_dataset
 
-    result = publish_dataset(folder, args.hub_model_id, private=args.hub_private, commit_message="RS4P selection")
-    logger.info(f"Uploaded {folder} to the Hub dataset repo {args.hub_model_id}: {result['commit_url']}")
+    result = publish_dataset(folder, args.hub_dataset_id, private=args.hub_private, commit_message="RS4P selection")
+    logger.info(f"Uploaded {folder} to the Hub dataset repo {args.hub_dataset_id}: {result['commit_url']}")
 
 
 __all__ = ["SelectionArguments", "SelectionOutcome", "run_selection"]

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-from ..files import atomic_path
+from ..visualize import bar_chart, save_png
 
 HISTOGRAM_FILE = "entropy_histogram.png"
 FAILURES_FILE = "failures.jsonl"
@@ -46,47 +45,18 @@ def entropy_summary(values: np.ndarray) -> dict[str, float]:
 
 def write_entropy_histogram(pool: np.ndarray, selected: np.ndarray, path: str | Path, bins: int = 40) -> Path:
     """Pool vs. selected entropy distributions (each as a share of its own count) as a bar chart PNG."""
-    width, height, margin = 900, 420, 60
     low = float(pool.min()) if len(pool) else 0.0
     high = float(pool.max()) if len(pool) else 1.0
     if high <= low:
         high = low + 1e-6
     edges = np.linspace(low, high, bins + 1)
-    shares = []
-    for values in (pool, selected):
+    shares = {}
+    for name, values in (("pool", pool), ("selected", selected)):
         counts, _ = np.histogram(values, bins=edges)
-        shares.append(counts / max(1, counts.sum()))
-    top = max(float(max(s.max() for s in shares)), 1e-9)
-
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    plot_w, plot_h = width - 2 * margin, height - 2 * margin
-    bar_w = plot_w / bins
-    colors = ((160, 160, 160), (31, 119, 180))
-    for series, (share, color) in enumerate(zip(shares, colors)):
-        for b, value in enumerate(share):
-            x0 = margin + b * bar_w + series * bar_w / 2
-            y0 = margin + plot_h * (1 - value / top)
-            draw.rectangle([x0, y0, x0 + bar_w / 2 - 1, margin + plot_h], fill=color)
-    draw.line([margin, margin + plot_h, margin + plot_w, margin + plot_h], fill="black")
-    draw.line([margin, margin, margin, margin + plot_h], fill="black")
-    for tick in np.linspace(low, high, 6):
-        x = margin + plot_w * (tick - low) / (high - low)
-        draw.line([x, margin + plot_h, x, margin + plot_h + 5], fill="black")
-        draw.text((x - 15, margin + plot_h + 8), f"{tick:.3f}", fill="black", font=font)
-    draw.text((margin, margin + plot_h + 28), "foreground entropy E(x)", fill="black", font=font)
-    draw.text((5, margin - 15), f"share of images (max {top:.3f})", fill="black", font=font)
-    title = f"Entropy: pool ({len(pool)} scored) vs. selected ({len(selected)})"
-    draw.text((margin, 10), title, fill="black", font=font)
-    for series, (label, color) in enumerate(zip(("pool", "selected"), colors)):
-        x = width - margin - 150 + series * 75
-        draw.rectangle([x, 12, x + 12, 24], fill=color)
-        draw.text((x + 16, 12), label, fill="black", font=font)
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        canvas.save(temporary, format="PNG")
-    return path
+        shares[name] = counts / max(1, counts.sum())
+    chart = bar_chart(shares, edges, title=f"Entropy: pool ({len(pool)} scored) vs. selected ({len(selected)})",
+                      x_label="foreground entropy E(x)", y_label="share of images")
+    return save_png(chart, path)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -15,6 +15,13 @@ other band layouts are reported and skipped with their format as the reason, sin
 be a guess (a 16-bit tile read as 8 bits is nearly black, and black images have the lowest entropy, so they
 would win the ranking). Constant images (every pixel the same colour, e.g. no-data tiles) are skipped with
 the reason "constant image" for the same reason.
+
+Models of other bands (`num_channels` other than 3, or data that is not 8-bit): the scorer takes the image processor
+saved with the model (`ChunkScorer(..., processor=...)`) and scores images of exactly the model's band count, read
+in their own dtype (GeoTIFFs through rasterio, any band count; Pillow formats as stored), normalized by the
+processor (its percentile clipping, scale and per-band mean/std, as `s5-segment` does) and resized bilinearly in
+float. An image of another band count or dtype is skipped with that as its reason; a processor that normalizes
+another band count than the model's is refused when the scorer is built.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from PIL import Image
 
 from ..data.images import pixel_format_problem, stored_format
 from ..files import atomic_path
-from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
+from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD, S5ImageProcessor
 from .entropy import score_logits
 from .kmeans import l2_normalize
 from .pool import Chunk, RawImage
@@ -104,6 +111,34 @@ def decode_image(data: bytes, image_size: int) -> tuple[np.ndarray, tuple[int, i
     return np.asarray(rgb), size
 
 
+def decode_bands(data: bytes) -> np.ndarray:
+    """Decode to `(H, W, C)` pixels in the stored dtype and band count: TIFFs through rasterio (any band count and
+    dtype; Pillow narrows some), other formats through Pillow (palette images as RGB, alpha dropped)."""
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            import rasterio
+            from rasterio.io import MemoryFile
+        except ImportError:
+            rasterio = None
+        if rasterio is not None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with MemoryFile(data) as memory, memory.open() as src:
+                    if len(set(src.dtypes)) != 1:
+                        raise UnusableImage(f"bands of different dtypes {sorted(set(src.dtypes))}")
+                    return src.read().transpose(1, 2, 0)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode == "P":
+            image = image.convert("RGB")
+        elif image.mode in ("RGBA", "LA", "PA"):
+            image = image.convert("RGB" if image.mode != "LA" else "L")
+        pixels = np.asarray(image)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
 def to_pixel_values(images: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack uint8 HWC RGB images into normalised `(B, 3, H, W)` float32 (the S5 image processor's constants)."""
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -160,15 +195,29 @@ class ChunkScorer:
     """Scores the images of one chunk in batches and returns its score table (one row per image, in order)."""
 
     def __init__(self, model: torch.nn.Module, options: ScoringOptions, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, processor: S5ImageProcessor | None = None):
         config = model.config
+        # Without a processor: 8-bit RGB with the S5 constants (the paper's pool). With one: the model's own bands.
+        self.normalization = None
+        if processor is not None:
+            from ..inference.sliding_window import Normalization
+
+            self.normalization = Normalization.from_processor(processor)
+            bands = len(self.normalization.mean)
+            if bands not in (1, config.num_channels):
+                raise ValueError(f"The model takes {config.num_channels} band(s) but the processor normalizes "
+                                 f"{bands}: score with the processor saved with the model.")
+        elif config.num_channels != 3:
+            raise ValueError(f"The model takes {config.num_channels} bands: pass the image processor saved with it "
+                             "(ChunkScorer(..., processor=AutoImageProcessor.from_pretrained(model folder))), whose "
+                             "per-band normalization the pool images need.")
         if options.image_size % config.patch_size:
             raise ValueError(
                 f"image_size ({options.image_size}) must be a multiple of the patch size ({config.patch_size})."
             )
         task = config.get_task(options.task or config.default_task)
-        self.task_name = task["name"]
-        self.id2label = task["id2label"]
+        self.task_name = task.name
+        self.id2label = task.id2label
         self.num_classes = len(self.id2label)
         if options.background_id is not None and not 0 <= options.background_id < self.num_classes:
             raise ValueError(
@@ -193,7 +242,10 @@ class ChunkScorer:
                 continue
             row["digest"] = image_digest(raw.data)
             try:
-                pixels, (row["height"], row["width"]) = decode_image(raw.data, self.options.image_size)
+                if self.normalization is not None:
+                    pixels, (row["height"], row["width"]) = self._decode_bands(raw.data)
+                else:
+                    pixels, (row["height"], row["width"]) = decode_image(raw.data, self.options.image_size)
             except UnusableImage as error:
                 row["error"] = str(error)
                 continue
@@ -214,9 +266,35 @@ class ChunkScorer:
                 logger.warning("Skipping image %s (source %s): %s", row["id"], row["source"], row["error"])
         return self._to_table(rows)
 
+    def _decode_bands(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(normalized (C, S, S) float32 tensor, original (height, width)) of an image of the model's bands."""
+        from ..inference.sliding_window import _check_scale
+        from ..inference.scenes import ArrayScene, SceneError
+
+        pixels = decode_bands(data)
+        expected = self.model.config.num_channels
+        if pixels.shape[2] != expected:
+            raise UnusableImage(f"{pixels.shape[2]} band(s) but the model takes {expected}")
+        if _is_constant(pixels):
+            raise UnusableImage(CONSTANT_IMAGE)
+        if np.issubdtype(pixels.dtype, np.floating) and not np.isfinite(pixels).all():
+            raise UnusableImage("NaN/Inf pixel values")
+        try:
+            _check_scale(ArrayScene(pixels, "image"), self.normalization, explicit=False)
+        except SceneError as error:
+            raise UnusableImage(str(error).removeprefix("image: ")) from None
+        tensor = self.normalization(pixels.transpose(2, 0, 1))[None]
+        size = self.options.image_size
+        if tensor.shape[-2:] != (size, size):
+            tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+        return tensor[0], pixels.shape[:2]
+
     @torch.inference_mode()
     def _forward(self, pending: list[tuple[int, np.ndarray]], rows: list[dict]) -> None:
-        pixel_values = to_pixel_values([pixels for _, pixels in pending]).to(self.device, self.dtype)
+        if isinstance(pending[0][1], torch.Tensor):
+            pixel_values = torch.stack([pixels for _, pixels in pending]).to(self.device, self.dtype)
+        else:
+            pixel_values = to_pixel_values([pixels for _, pixels in pending]).to(self.device, self.dtype)
         if self.options.features_only:
             pooled = self.model.base_model(pixel_values, task=self.task_name).pooler_output
             scores = None

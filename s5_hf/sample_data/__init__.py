@@ -7,6 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 SCENE = "YELL_2019_541000_4977000_crop.png"
 GEOTIFF = "OSBS_029.tif"
+# A small labeled folder dataset (images/, masks/, id2label.json): tree crowns on NEON crops.
+LABELED = ROOT / "neon_labeled"
 
 
 def path(name: str) -> Path:

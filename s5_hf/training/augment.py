@@ -19,7 +19,8 @@ image with fewer than three bands raises a ValueError.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -475,30 +476,69 @@ class UnlabeledTransform:
         return (*views, ignore_mask.long(), box1, box2)
 
 
-class AugmentedDataset(torch.utils.data.Dataset):
-    """`transform(dataset[index])` with a generator seeded from `(seed, epoch, index)`.
+def row_seed_key(row: Mapping[str, Any]) -> int:
+    """The seeding key of a streamed row: crc32 of its ``id`` column (rows have no stable index in a stream)."""
+    sample_id = row.get("id")
+    if sample_id is None:
+        raise KeyError("Training rows need an 'id' column (stable unique id) to seed their augmentation.")
+    return zlib.crc32(str(sample_id).encode())
 
-    A sample's augmentation then depends on those three numbers only, not on the number of workers, which
-    worker loads it, or what ran before a resume. Call `set_epoch` before each epoch's iterator is created
-    (Accelerate's prepared data loaders forward their `set_epoch` to the dataset); with `persistent_workers=True`
-    the workers keep the epoch they started with. Use different seeds for two views of the same dataset (e.g.
-    the unlabeled batch and its independent CutMix partner batch).
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """`transform(sample)` with a generator seeded from `(seed, epoch, key)`: the key is the sample's index for an
+    indexable dataset, the crc32 of its ``id`` (`row_seed_key`) for a streaming one (`datasets.IterableDataset`
+    or any `torch.utils.data.IterableDataset`), which then gives an `IterableDataset` of the same class.
+
+    A sample's augmentation then depends on those three numbers only, not on the number of workers or processes,
+    which worker loads it, or what ran before a resume. Call `set_epoch` before each epoch's iterator is created
+    (Accelerate's prepared data loaders forward their `set_epoch` to the dataset; a streaming source is reshuffled
+    for the epoch too); with `persistent_workers=True` the workers keep the epoch they started with. Use
+    different seeds for two views of the same dataset (e.g. the unlabeled batch and its independent CutMix
+    partner batch).
     """
 
-    def __init__(self, dataset: Any, transform: LabeledTransform | UnlabeledTransform, seed: int = 0):
+    def __new__(cls, dataset: Any = None, *args, **kwargs):  # (no arguments when unpickled in a worker)
+        if cls is AugmentedDataset and _is_stream(dataset):
+            cls = _AugmentedStream
+        return super().__new__(cls)
+
+    def __init__(self, dataset: Any, transform: Callable, seed: int = 0, epoch: int = 0):
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def augment(self, sample: Any, key: int):
+        return self.transform(sample, generator=sample_generator(self.seed, self.epoch, key))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        return self.transform(self.dataset[index], generator=sample_generator(self.seed, self.epoch, index))
+        return self.augment(self.dataset[index], index)
+
+
+class _AugmentedStream(AugmentedDataset, torch.utils.data.IterableDataset):
+    """`AugmentedDataset` of a streaming dataset (runs inside the loader's workers, which split the shards)."""
+
+    def __iter__(self):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        for row in self.dataset:
+            yield self.augment(row, row_seed_key(row))
+
+
+def _is_stream(dataset: Any) -> bool:
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return True
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return False
+    return isinstance(dataset, datasets.IterableDataset)
 
 
 __all__ = [
@@ -523,6 +563,7 @@ __all__ = [
     "random_rescale",
     "resize_pair",
     "rgb_to_hsv",
+    "row_seed_key",
     "sample_generator",
     "strong_augment",
     "weak_augment",

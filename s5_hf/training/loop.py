@@ -1,8 +1,9 @@
-"""What the two training programs (`training/pretrain_s4p.py`, `training/finetune_mdf.py`) share.
+"""What the two training programs (`s5_hf.training.s4p`, `s5_hf.training.mdf`) share.
 
-Command-line arguments common to both, the optimiser (AdamW, optional layer-wise lr decay) and cosine schedule,
-crash-safe checkpoints with exact resume, the NaN guard, the metrics log (JSON lines + a PNG of the curves) and
-publishing to the Hub. The loops themselves stay in the scripts, in the style of transformers'
+The run setup (`make_accelerator`, from the typed `s5_hf.training.arguments`), the optimiser (AdamW, optional
+layer-wise lr decay) and cosine schedule, gradient accumulation, crash-safe checkpoints with exact resume, the NaN
+guard, the metrics log (JSON lines + a PNG of the curves, and accelerate's experiment trackers with `--report_to`)
+and publishing to the Hub. Each stage's step (data and losses) stays in its module, in the style of transformers'
 `examples/pytorch/*_no_trainer.py`.
 
 Output folder: one run per folder. `.s5-manifest.json` records the run (id, program, arguments) and what it
@@ -28,7 +29,6 @@ checkpoint: a folder whose files differ from the record, or lack one, is refused
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -39,14 +39,13 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -55,83 +54,117 @@ from ..configuration_s5 import S5Config
 from ..image_processing_s5 import S5ImageProcessor
 from ..evaluation.metrics import save_confusion_matrix_png
 from ..precision import check_accelerate_precision
+from ..visualize import line_chart, save_png
 
 logger = get_logger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RUN_KIND = "s5-hf training run"
 INTEGRITY_NAME = "integrity.json"
-# Config fields that must agree between a checkpoint and the model a run builds: the weight shapes, and the
-# expert width.
+TRACKER_FOLDER = "trackers"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, weight_decay: float,
-                         eval_steps: int, max_train_steps: int) -> None:
-    group = parser.add_argument_group("training")
-    group.add_argument("--output_dir", required=True,
-                       help="Checkpoints, logs and the final model go here: an empty or new folder, or this run's "
-                            "own with --resume_from_checkpoint / --overwrite_output_dir.")
-    group.add_argument("--overwrite_output_dir", action="store_true",
-                       help="Delete what an earlier run wrote into --output_dir (only that) and start afresh.")
-    group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--max_train_steps", type=int, default=max_train_steps)
-    group.add_argument("--learning_rate", type=float, default=learning_rate)
-    group.add_argument("--weight_decay", type=float, default=weight_decay)
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--lr_scheduler_type", default="cosine", help="Any transformers scheduler name.")
-    group.add_argument("--num_warmup_steps", type=int, default=0)
-    group.add_argument("--layer_decay", type=float, default=None,
-                       help="Layer-wise lr decay (e.g. 0.9); off by default, as in the effective official recipe.")
-    group.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping (off by default).")
-    group.add_argument("--crop_size", type=int, default=512)
-    group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers per stream.")
-    group.add_argument("--shuffle_buffer", type=int, default=1000)
-    group.add_argument("--eval_steps", type=int, default=eval_steps, help="Validate every N steps (0: only at the end).")
-    group.add_argument("--eval_batch_size", type=int, default=1,
-                       help="Sliding windows per forward in evaluation. Batching helps GPUs; on CPU a 512 px ViT-B "
-                            "window is already a full GEMM load (batch 4 measured 0.97x the speed of batch 1).")
-    group.add_argument("--max_eval_samples", type=int, default=None,
-                       help="Cap the validation and test images per dataset and process (recorded with the results).")
-    group.add_argument("--checkpointing_steps", type=int, default=None,
-                       help="Save a resumable checkpoint every N steps (default: every --eval_steps).")
-    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep the N newest checkpoints.")
-    group.add_argument("--resume_from_checkpoint", default=None,
-                       help="A checkpoint folder, or 'latest' for the newest one in --output_dir. Resuming unpickles "
-                            "accelerate's state files: use only checkpoints you trust.")
-    group.add_argument("--max_void_steps", type=int, default=50,
-                       help="Stop when a batch of some data stream has had no valid (labelled, non-padding) pixel for "
-                            "this many steps in a row (0: never). Small tiles cut into large patches are mostly "
-                            "padding: set the readers' patch_size (e.g. --reader_options) to the tile or crop size.")
-    group.add_argument("--logging_steps", type=int, default=10)
-    group.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
-                       help="AMP (default: accelerate's configuration; the official runs use fp16 on GPUs).")
-    group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--push_to_hub", action="store_true")
-    group.add_argument("--hub_model_id", default=None, help="Repo id to push to (default: the output folder name).")
-    group.add_argument("--hub_private", action="store_true")
+@dataclass(frozen=True)
+class Session:
+    """What `make_accelerator` sets up for one run: the Accelerator, the claimed output folder, and the values it
+    resolved (the arguments themselves are never changed): the mixed precision that actually runs, the
+    checkpoint interval, and the experiment trackers."""
+
+    accelerator: Accelerator
+    run_folder: RunFolder
+    mixed_precision: str
+    checkpointing_steps: int
+    trackers: tuple = ()
 
 
-def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    """The Accelerator, with the output folder checked (see `RunFolder`) and claimed for this run."""
+def trackers_for(report_to: str) -> list:
+    """accelerate trackers of `--report_to`: none, all (every installed one), or one name; a named tracker whose
+    package is missing is an error naming the package (accelerate would silently drop it)."""
+    from accelerate.utils import is_tensorboard_available, is_trackio_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "trackio": is_trackio_available, "wandb": is_wandb_available}
+    if report_to in (None, "none"):
+        return []
+    if report_to == "all":
+        found = [name for name, check in available.items() if check()]
+        if not found:
+            logger.warning("--report_to all: none of %s is installed; only metrics.jsonl is written.",
+                           ", ".join(available))
+        return found
+    if report_to not in available:
+        raise ValueError(f"--report_to {report_to!r}: choose none, all, {', '.join(available)}.")
+    if not available[report_to]():
+        package = '"s5-hf[tracking]"' if report_to == "tensorboard" else report_to
+        raise ImportError(f"--report_to {report_to} needs the {report_to} package, which is not installed: "
+                          f"pip install {package}, or pass --report_to none.")
+    return [report_to]
+
+
+# glibc serves the step's many 1-30 MB activations from a heap that freeing fragments, so the process keeps
+# growing; allocating blocks of 128 KiB and more with mmap returns them on free. Measured on the ViT-B MDF and S4P
+# steps: 0.6 and 1.0 GB lower peaks at the same speed (benchmarks/TRAINING_MEMORY.md).
+MMAP_THRESHOLD = 128 * 1024
+
+
+def limit_heap_fragmentation() -> int | None:
+    """Set glibc's mmap threshold to `MMAP_THRESHOLD` (CPU training); returns it, or None where it does not apply
+    (not glibc) or the user chose their own (the `MALLOC_MMAP_THRESHOLD_` environment variable)."""
+    import ctypes
+    import platform
+
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
+        return None
+    m_mmap_threshold = -3  # mallopt's parameter number, from glibc's malloc.h
+    if ctypes.CDLL(None).mallopt(m_mmap_threshold, MMAP_THRESHOLD) != 1:
+        logger.warning("glibc refused mallopt(M_MMAP_THRESHOLD, %d); the heap keeps its default.", MMAP_THRESHOLD)
+        return None
+    return MMAP_THRESHOLD
+
+
+def make_accelerator(training, arguments: Mapping[str, Any]) -> Session:
+    """The Accelerator, with the output folder checked (see `RunFolder`) and claimed for this run.
+
+    `training` is the run's `RunArguments`; `arguments` the flat record of every option (kept in the folder's
+    manifest and given to the trackers). Returns a `Session`; `training` is not changed."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # `accelerate launch --multi_gpu` on a machine without CUDA starts processes that each see a single-process
     # state (two rank 0s); asking for the CPU backend makes them one gloo process group.
     # bf16/fp16 where the device does not run them natively (e.g. bf16 on a CPU without AVX-512 BF16 or AMX, ~500x
     # slower) falls back to fp32 with a warning quoting the measured factor; the manifest records what ran.
-    args.mixed_precision = check_accelerate_precision(args.mixed_precision)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision,
-                              cpu=launched > 1 and not torch.cuda.is_available())
+    mixed_precision = check_accelerate_precision(training.mixed_precision)
+    trackers = trackers_for(getattr(training, "report_to", "none"))
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=launched > 1 and not torch.cuda.is_available(),
+                              gradient_accumulation_steps=getattr(training, "gradient_accumulation_steps", 1),
+                              log_with=trackers or None,
+                              project_dir=str(Path(training.output_dir) / TRACKER_FOLDER) if trackers else None)
     if launched != accelerator.num_processes:
         raise RuntimeError(
             f"{launched} processes were launched (WORLD_SIZE) but accelerate formed a group of "
             f"{accelerator.num_processes}: every process would act as rank 0. On CPU, start them with "
             "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N ...`.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if args.checkpointing_steps is None:
-        args.checkpointing_steps = args.eval_steps
-    args.run_folder = RunFolder.open(accelerator, args)
-    return accelerator
+    if accelerator.device.type == "cpu":
+        limit_heap_fragmentation()
+    record = {**arguments, "mixed_precision": mixed_precision}
+    run_folder = RunFolder.open(accelerator, training.output_dir, arguments=record,
+                                resume_from_checkpoint=training.resume_from_checkpoint,
+                                overwrite=training.overwrite_output_dir)
+    return Session(accelerator, run_folder, mixed_precision, training.resolved_checkpointing_steps(),
+                   tuple(trackers))
+
+
+def start_trackers(session: Session, project: str, arguments: Mapping[str, Any]) -> None:
+    """Start the experiment trackers (main process), with the run's options as their configuration. Local logs
+    (tensorboard) go to `<output_dir>/trackers/<project>`, an entry of the run's manifest."""
+    accelerator = session.accelerator
+    if not accelerator.log_with:
+        return
+    if accelerator.is_main_process and "tensorboard" in session.trackers:  # the one that writes into the folder
+        session.run_folder.claim(TRACKER_FOLDER)
+    # Trackers take scalars and strings: lists and mappings are given as JSON.
+    config = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+              for k, v in _jsonable(arguments).items() if v is not None}
+    accelerator.init_trackers(project, config=config)
 
 
 class RunFolder:
@@ -143,8 +176,10 @@ class RunFolder:
         self.accelerator, self.path, self.manifest = accelerator, path, manifest
 
     @classmethod
-    def open(cls, accelerator: Accelerator, args: argparse.Namespace) -> RunFolder:
-        path = Path(args.output_dir)
+    def open(cls, accelerator: Accelerator, output_dir: str | os.PathLike, *, arguments: Mapping[str, Any],
+             resume_from_checkpoint: str | None = None, overwrite: bool = False) -> RunFolder:
+        """Check (every process) and open the folder; `arguments` is the run's option record for the manifest."""
+        path = Path(output_dir)
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"--output_dir {path} is a file, not a folder.")
         # Every process checks (read only), so that all of them stop with the same error.
@@ -159,15 +194,15 @@ class RunFolder:
                 f"--output_dir {path} is not empty ({', '.join(visible[:5])}{', ...' if len(visible) > 5 else ''}) "
                 "and holds no s5-hf training run; choose an empty or new folder.")
         previous = None
-        if manifest is not None and getattr(args, "resume_from_checkpoint", None) is None:
-            if not getattr(args, "overwrite_output_dir", False):
+        if manifest is not None and resume_from_checkpoint is None:
+            if not overwrite:
                 raise FileExistsError(
                     f"--output_dir {path} holds the training run {manifest.get('run_id')} of "
                     f"{manifest.get('program')} (started {manifest.get('started')}): pass --resume_from_checkpoint "
                     "latest to continue it, --overwrite_output_dir to replace it, or choose another folder.")
             previous, manifest = manifest, None
         session = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "program": Path(sys.argv[0]).name, "arguments": _jsonable(vars(args)),
+                   "program": Path(sys.argv[0]).name, "arguments": _jsonable(arguments),
                    "processes": accelerator.num_processes}
         if manifest is None:
             manifest = {"kind": RUN_KIND, "files": [], "entries": [], "run_id": uuid.uuid4().hex[:12],
@@ -244,31 +279,19 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model_name_or_path", default=None,
-                       help="An S5 folder or Hub id to start from (S4P: e.g. a converted checkpoint; MDF: the S4P model).")
-    group.add_argument("--preset", default="vit-b", help="Backbone preset when no model is given: vit-b, vit-l, vit-h.")
-    group.add_argument("--config_overrides", default=None,
-                       help='JSON of S5Config fields, e.g. \'{"hidden_size": 64, "num_hidden_layers": 2}\' (tiny runs).')
-    group.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
-                       help="SyncBatchNorm across processes, as the official runs (GPUs only: PyTorch has no CPU version).")
+def config_from_arguments(model_arguments, tasks: Sequence[Any], **fields: Any) -> S5Config:
+    """A fresh configuration: `--preset` with `--config_overrides` and the given tasks (`model_arguments`:
+    `ModelArguments`)."""
+    return S5Config.from_preset(model_arguments.preset, tasks=list(tasks),
+                                **{**fields, **model_arguments.overrides()})
 
 
-def config_from_arguments(args: argparse.Namespace, tasks: Sequence[Any], **fields: Any) -> S5Config:
-    """A fresh configuration: `--preset` with `--config_overrides` and the given tasks."""
-    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"--config_overrides must be a JSON object, got {args.config_overrides!r}.")
-    return S5Config.from_preset(args.preset, tasks=list(tasks), **{**fields, **overrides})
-
-
-def prepare_training(accelerator: Accelerator, model: torch.nn.Module, args: argparse.Namespace):
+def prepare_training(accelerator: Accelerator, model: torch.nn.Module, args):
     """Gradient checkpointing and SyncBatchNorm as asked, the optimiser and schedule, and `accelerator.prepare`.
     The schedule is stepped once per optimiser step and checkpointed with the state (accelerate's prepared
     schedulers step once per process instead). Returns `(model, optimizer, scheduler)`."""
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.checkpointing_mode() != "none":
+        model.set_activation_checkpointing(args.checkpointing_mode())
     if args.sync_bn and accelerator.num_processes > 1:
         if accelerator.device.type == "cpu":
             logger.warning("SyncBatchNorm needs GPUs; on CPU every process normalises with its own batch statistics.")
@@ -290,7 +313,7 @@ def _layer_id(name: str, num_layers: int) -> int:
     return int(match.group(1)) + 1 if match else num_layers + 1
 
 
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
     """AdamW on every trainable parameter with the same weight decay (the official runs decay all of them); with
     `--layer_decay d` block i's lr is scaled by d ** (num_layers + 1 - (i + 1))."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -309,7 +332,7 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.op
                              weight_decay=args.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace):
+def make_scheduler(optimizer: torch.optim.Optimizer, args):
     return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
                          num_training_steps=max(args.max_train_steps, 1))
 
@@ -330,7 +353,7 @@ def check_finite(accelerator: Accelerator, step: int, losses: Mapping[str, torch
 
 def check_task_classes(config: S5Config, task: str, num_classes: int, source: str) -> None:
     """A dataset whose class count disagrees with the model's head is refused before training starts."""
-    head = len(config.tasks[config.task_index(task)]["id2label"])
+    head = config.get_task(task).num_labels
     if head != num_classes:
         raise ValueError(f"{source}: the data has {num_classes} classes but the model's {task!r} head predicts "
                          f"{head}; build the model with the dataset's label set.")
@@ -482,7 +505,8 @@ def load_checkpoint(accelerator: Accelerator, model, checkpoint: Path, streams: 
 
 # ---- logs --------------------------------------------------------------------------------------------------------
 class MetricsLog:
-    """Appends metric records to `<output_dir>/metrics.jsonl` (main process) and draws them as `curves.png`."""
+    """Appends metric records to `<output_dir>/metrics.jsonl` (main process), gives them to the experiment trackers
+    of `--report_to` (accelerate's `log`), and draws them as `curves.png`."""
 
     def __init__(self, accelerator: Accelerator, output_dir: str | os.PathLike, run_folder: RunFolder | None = None):
         self.accelerator, self.run_folder = accelerator, run_folder
@@ -496,6 +520,8 @@ class MetricsLog:
                 self.run_folder.claim(self.path.name)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             files.append_line(self.path, json.dumps(record, allow_nan=False))
+        if getattr(self.accelerator, "trackers", None):  # --report_to: the same finite values
+            self.accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
         logger.info("step %d: %s", step, ", ".join(f"{k}={float(v):.4g}" for k, v in values.items()))
 
     def records(self, up_to: int | None = None) -> list[dict]:
@@ -525,36 +551,8 @@ class MetricsLog:
 
 
 def plot_curves(series: Mapping[str, list[tuple[float, float]]], path: Path, panel: tuple[int, int] = (360, 220)) -> Path:
-    """One small line chart per series (PIL only: no plotting dependency), in a grid, saved as PNG."""
-    width, height = panel
-    columns = min(3, len(series))
-    rows = math.ceil(len(series) / columns)
-    canvas = Image.new("RGB", (columns * width, rows * height), "white")
-    draw = ImageDraw.Draw(canvas)
-    for index, (name, points) in enumerate(series.items()):
-        x0, y0 = (index % columns) * width, (index // columns) * height
-        left, top, right, bottom = x0 + 48, y0 + 22, x0 + width - 12, y0 + height - 26
-        draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
-        xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-        x_lo, x_hi = xs.min(), max(xs.max(), xs.min() + 1)
-        y_lo, y_hi = ys.min(), ys.max()
-        if y_hi - y_lo < 1e-12:
-            y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-        px = left + (xs - x_lo) / (x_hi - x_lo) * (right - left)
-        py = bottom - (ys - y_lo) / (y_hi - y_lo) * (bottom - top)
-        coords = list(zip(px.tolist(), py.tolist()))
-        if len(coords) > 1:
-            draw.line(coords, fill=(31, 119, 180), width=2)
-        for cx, cy in coords[-1:] if len(coords) > 1 else coords:
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=(31, 119, 180))
-        draw.text((x0 + 6, y0 + 4), name, fill="black")
-        draw.text((x0 + 2, top - 2), f"{y_hi:.3g}", fill=(90, 90, 90))
-        draw.text((x0 + 2, bottom - 10), f"{y_lo:.3g}", fill=(90, 90, 90))
-        draw.text((left, bottom + 4), f"step {int(x_lo)}", fill=(90, 90, 90))
-        draw.text((right - 60, bottom + 4), f"{int(xs.max())}", fill=(90, 90, 90))
-    with files.atomic_path(path) as temporary:
-        canvas.save(temporary, format="PNG")
-    return path
+    """One small line chart per series, in a grid, saved as PNG (`s5_hf.visualize.line_chart`)."""
+    return save_png(line_chart(series, panel), path)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -616,30 +614,66 @@ class VoidGuard:
                     "--crop_size to the data's size.")
 
 
+@dataclass
+class MicroBatch:
+    """One micro-batch of a training step: its tensors (any structure `compute_losses` takes) and, per loss term,
+    the number of pixels that term averages over (valid pixels: neither void nor the ignore index)."""
+
+    data: Any
+    pixels: Mapping[str, int] = field(default_factory=dict)
+
+
+def accumulation_fractions(micro_batches: Sequence[MicroBatch]) -> list[dict[str, float]]:
+    """Each micro-batch's share of every loss term's pixels over the whole accumulated batch.
+
+    A loss term is a mean over valid pixels. The mean over an accumulated batch is the sum of each micro-batch's
+    mean weighted by its share of the pixels (not 1/N each, which weighs a micro-batch with few valid pixels, e.g.
+    much padding, as much as a full one): with these weights N accumulated micro-batches give the gradient of one
+    N times larger batch. A term without a valid pixel in the whole batch gets 0."""
+    terms = sorted({term for batch in micro_batches for term in batch.pixels})
+    totals = {term: sum(int(batch.pixels.get(term, 0)) for batch in micro_batches) for term in terms}
+    return [{term: int(batch.pixels.get(term, 0)) / totals[term] if totals[term] else 0.0 for term in terms}
+            for batch in micro_batches]
+
+
 def run_training(
-    accelerator: Accelerator,
+    session: Session,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    args: argparse.Namespace,
+    args,
     *,
     streams: Mapping[str, Any],
-    compute_losses: Callable[[int], tuple[dict[str, torch.Tensor], dict[str, float]]],
+    draw: Callable[[], MicroBatch],
+    compute_losses: Callable[[Any, int, Mapping[str, float]], tuple[dict[str, torch.Tensor], dict[str, float]]],
     evaluate: Callable[[], dict[str, Any]],
     selection: Callable[[dict[str, Any]], float],
     test: Callable[[], dict[str, Any]] | None = None,
+    image_processor: S5ImageProcessor | None = None,
 ) -> dict[str, Any]:
-    """Steps `args.max_train_steps` times: `compute_losses(step)` returns the losses (key "loss" is optimised) and
-    extra scalars to log (`valid_share_<stream>`: the share of valid pixels of its batch, watched by `VoidGuard`);
-    validates with `evaluate()` every `eval_steps` (the best `selection` score's model is kept in `best/`),
-    checkpoints every `checkpointing_steps`, resumes exactly. At the end, `test()` scores the final model on the
-    splits a benchmark reports where they differ from the model-selection split.
+    """Steps `args.max_train_steps` optimizer steps (`args`: the run's `RunArguments`). Each step draws
+    `args.gradient_accumulation_steps` micro-batches (`draw()`), then for each, inside `accelerator.accumulate`,
+    `compute_losses(data, step, fractions)` returns the losses and extra scalars to log; "loss" is optimised and
+    must already weigh each term by the micro-batch's `fractions[term]` (`accumulation_fractions`; all 1 without
+    accumulation), so that the summed micro-batch losses are the accumulated batch's loss. Logged per step: the
+    losses summed over the micro-batches, the scalars averaged (`valid_share_<stream>`: the share of valid pixels of
+    its batch, watched by `VoidGuard`).
+
+    Exactness of accumulation: N micro-batches of B give the update of one batch of N x B when nothing in the model
+    depends on the batch composition: BatchNorm normalises with each micro-batch's own statistics in training
+    mode (as each process does under DDP without SyncBatchNorm), and dropout draws differ, so with those layers
+    active the updates are close, not equal. Across processes the gradients are averaged as usual (DDP).
+
+    Validates with `evaluate()` every `eval_steps` (the best `selection` score's model is kept in `best/`),
+    checkpoints every `session.checkpointing_steps`, resumes exactly. At the end, `test()` scores the final model on
+    the splits a benchmark reports where they differ from the model-selection split. `image_processor` is saved
+    with every model folder (default: the 8-bit RGB one).
 
     Returns {"results": the final model's reported results per task (test where `test` scored the task, else the
     final validation), "validation": its final validation results, "best", "best_step", "step"}. Every result
     carries its split, sample count and cap (`TaskResult.describe`); `results.json` holds the same facts.
     """
-    run_folder: RunFolder | None = getattr(args, "run_folder", None)
+    accelerator, run_folder = session.accelerator, session.run_folder
     claim = run_folder.claim if run_folder is not None else (lambda *names: None)
     log = MetricsLog(accelerator, args.output_dir, run_folder)
     state: dict[str, Any] = {"best": None, "best_step": None}
@@ -654,6 +688,8 @@ def run_training(
     if args.max_train_steps < start:
         raise ValueError(f"The checkpoint is at step {start}, beyond --max_train_steps {args.max_train_steps}.")
     void_guard = VoidGuard(accelerator, getattr(args, "max_void_steps", 0) or 0)
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    checkpointing_steps = session.checkpointing_steps
 
     def validate(step: int) -> dict[str, Any]:
         sync_buffers(accelerator, model)
@@ -664,7 +700,7 @@ def run_training(
         if state["best"] is None or score > state["best"]:
             state["best"], state["best_step"] = score, step
             claim("best")
-            save_model_folder(accelerator, model, Path(args.output_dir) / "best", getattr(args, "image_processor", None))
+            save_model_folder(accelerator, model, Path(args.output_dir) / "best", image_processor)
             claim()
         return results
 
@@ -675,18 +711,32 @@ def run_training(
     for step in range(start, args.max_train_steps):
         done = step + 1
         model.train()
-        losses, scalars = compute_losses(step)
-        check_finite(accelerator, done, losses)
-        void_guard.update(done, {k.removeprefix("valid_share_"): v for k, v in scalars.items()
+        micro_batches = [draw() for _ in range(accumulation)]
+        step_losses: dict[str, float] = {}
+        step_scalars: dict[str, float] = {}
+        for batch, fractions in zip(micro_batches, accumulation_fractions(micro_batches)):
+            with accelerator.accumulate(model):
+                losses, scalars = compute_losses(batch.data, step, fractions)
+                check_finite(accelerator, done, losses)
+                # accelerate divides the loss by the accumulation steps (equal weights); ours are already weighted
+                # by each micro-batch's share of the pixels.
+                accelerator.backward(losses["loss"] * accumulation)
+            for key, value in losses.items():
+                step_losses[key] = step_losses.get(key, 0.0) + float(value.detach())
+            for key, value in scalars.items():
+                step_scalars[key] = step_scalars.get(key, 0.0) + float(value) / accumulation
+        if not accelerator.sync_gradients:
+            raise RuntimeError(f"Step {done}: accelerate did not synchronise the gradients after {accumulation} "
+                               "micro-batches; its accumulation counter is out of step with this loop.")
+        void_guard.update(done, {k.removeprefix("valid_share_"): v for k, v in step_scalars.items()
                                  if k.startswith("valid_share_")})
-        accelerator.backward(losses["loss"])
         if args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        for key, value in {**{k: float(v.detach()) for k, v in losses.items()}, **scalars}.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+        for key, value in {**step_losses, **step_scalars}.items():
+            sums[key] = sums.get(key, 0.0) + value
         count += 1
         bar.update(1)
         if done % args.logging_steps == 0 or done == args.max_train_steps:
@@ -696,7 +746,7 @@ def run_training(
             sums, count = {}, 0
         if args.eval_steps and done % args.eval_steps == 0 and done < args.max_train_steps:
             validate(done)
-        if args.checkpointing_steps and done % args.checkpointing_steps == 0:
+        if checkpointing_steps and done % checkpointing_steps == 0:
             save_checkpoint(accelerator, model, args.output_dir, done, streams,
                             {"best": state["best"], "best_step": state["best_step"]}, args.checkpoints_total_limit,
                             run_folder)
@@ -704,7 +754,7 @@ def run_training(
 
     validation = validate(args.max_train_steps)
     claim("model")
-    save_model_folder(accelerator, model, Path(args.output_dir) / "model", getattr(args, "image_processor", None))
+    save_model_folder(accelerator, model, Path(args.output_dir) / "model", image_processor)
     results = {**validation, **(test() if test is not None else {})}
     if accelerator.is_main_process:
         output = Path(args.output_dir)
@@ -728,7 +778,7 @@ def run_training(
 
 
 # ---- publishing --------------------------------------------------------------------------------------------------
-def push_to_hub(accelerator: Accelerator, args: argparse.Namespace, outcome: Mapping[str, Any], *, stage: str,
+def push_to_hub(accelerator: Accelerator, args, outcome: Mapping[str, Any], *, stage: str,
                 run_summary: str) -> str | None:
     """Publish the run's final model (`<output_dir>/model`) to `--hub_model_id` (default: the output folder's name)
     with a card stating what this run measured. Main process only; returns the commit URL."""
@@ -755,10 +805,8 @@ def _evaluation_scope(result: Any, split: str) -> str:
 
 def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], run_summary: str,
              private: bool) -> str | None:
-    from huggingface_hub import EvalResult, constants
-
+    from ..hub.cards import DATASETS, build_model_card, measured_eval_result
     from ..hub.publish import LORA_FOLDER, PublishError, publish_model
-    from ..hub.cards import DATASETS, build_model_card
 
     config = S5Config.from_pretrained(folder)
     # A --lora run's results were measured with its adapters (folder/lora/<task>/): they are published with the
@@ -770,18 +818,10 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
                            f"would be published without the adapters its results were measured with.")
     eval_results, scopes = [], []
     for result in results:
-        dataset_id, dataset_name = DATASETS.get(result.task, (result.task, result.task))
-        f1 = result.protocol.metric == "mean_f1"
         split = getattr(result, "split", None) or "validation"  # run_training reports test splits where scored
-        scopes.append(f"{dataset_name}: {_evaluation_scope(result, split)}")
-        eval_results.append(EvalResult(
-            task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset_id,
-            dataset_name=dataset_name, dataset_split=split, metric_type="f1" if f1 else "mean_iou",
-            metric_name="mF1" if f1 else "mIoU", metric_value=round(100 * result.reported, 2),
-            # Measured by this run and described in this card: the model's own page is the source.
-            source_name=f"s5-hf training run ({_evaluation_scope(result, split)}, this model)",
-            source_url=f"{constants.ENDPOINT}/{repo_id}",
-        ))
+        scope = _evaluation_scope(result, split)
+        scopes.append(f"{DATASETS.get(result.task, (result.task, result.task))[1]}: {scope}")
+        eval_results.append(measured_eval_result(result.task, result.reported, repo_id, scope, split=split))
     # A capped evaluation (--max_eval_samples) scores part of the split: the card says which part was scored.
     intro = run_summary + ("\n\nScored on: " + "; ".join(scopes) + "." if scopes else "")
     card = build_model_card(config, repo_id, stage=stage, eval_results=eval_results, results_intro=intro,
@@ -791,8 +831,9 @@ def _publish(folder: Path, repo_id: str, *, stage: str, results: Sequence[Any], 
 
 
 __all__ = [
-    "INTEGRITY_NAME", "MetricsLog", "RunFolder", "VoidGuard", "verify_checkpoint", "write_integrity_record",
-    "add_common_arguments", "check_architecture", "check_finite", "check_task_classes",
-    "list_checkpoints", "load_checkpoint", "make_accelerator", "make_optimizer", "make_scheduler", "plot_curves",
-    "push_to_hub", "resolve_checkpoint", "run_training", "add_model_arguments", "config_from_arguments", "prepare_training", "save_checkpoint", "save_model_folder",
+    "INTEGRITY_NAME", "MetricsLog", "MicroBatch", "RunFolder", "Session", "VoidGuard", "accumulation_fractions",
+    "check_architecture", "check_finite", "check_task_classes", "config_from_arguments", "list_checkpoints",
+    "load_checkpoint", "make_accelerator", "make_optimizer", "make_scheduler", "plot_curves", "prepare_training",
+    "push_to_hub", "resolve_checkpoint", "run_training", "save_checkpoint", "save_model_folder", "start_trackers",
+    "trackers_for", "verify_checkpoint", "write_integrity_record",
 ]

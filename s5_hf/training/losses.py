@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..label_sets import VOID_ID
+# The one masked cross-entropy of the package (the model's own loss), under the name the training code uses:
+# `masked_cross_entropy(logits, target, ignore_index, task_name="task")`. It lives in the model file because that
+# file must work on its own as remote code.
+from ..modeling_s5 import task_cross_entropy as masked_cross_entropy
 
 # The ignore id handed to F.cross_entropy after our own masking; never a class id or a dataset's ignore id.
 _MASKED = -100
@@ -42,39 +46,6 @@ def _check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, name: s
         raise ValueError(f"{name}: logits {tuple(logits.shape)} (B, K, ...) do not match targets {tuple(target.shape)} "
                          "(B, ...).")
     check_label_dtype(target, name)
-
-
-def masked_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    ignore_index: int | None,
-    extra_ignore: Sequence[int] = (VOID_ID,),
-) -> torch.Tensor:
-    """Mean cross-entropy over the pixels whose target is neither `ignore_index` nor one of `extra_ignore`.
-
-    Args:
-        logits: (B, K, H, W) (or any (B, K, ...)) raw scores.
-        target: (B, H, W) class ids.
-        ignore_index: the dataset's ignore id (5 for ISPRS, 255 elsewhere), or None for none beyond `extra_ignore`.
-        extra_ignore: further ignored ids; the void id 255 (padding) by default.
-
-    Returns a 0-dim float32 tensor; 0 (still attached to the graph) if every pixel is ignored. Targets outside
-    `[0, K)` that are not ignored raise a ValueError naming them.
-    """
-    _check_logits_and_target(logits, target, "masked_cross_entropy")
-    num_classes = logits.shape[1]
-    target = target.long()
-    ignored = torch.zeros_like(target, dtype=torch.bool)
-    for ignored_id in ([] if ignore_index is None else [ignore_index]) + list(extra_ignore):
-        ignored |= target == ignored_id
-    invalid = ~ignored & ((target < 0) | (target >= num_classes))
-    if invalid.any():
-        values = torch.unique(target[invalid]).tolist()[:10]
-        raise ValueError(f"Target ids {values} are outside the {num_classes} classes 0..{num_classes - 1} and not "
-                         f"ignored (ignored ids: {ignore_index} and {list(extra_ignore)}).")
-    if ignored.all():
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), target.masked_fill(ignored, _MASKED), ignore_index=_MASKED)
 
 
 def cutmix_pseudo_labels(
@@ -175,7 +146,7 @@ def s4p_losses(
     n = img_u_w.shape[0]
     pseudo, conf, ignore = cutmix_pseudo_labels(pred[:n], conf[:n], ignore_u, pred[n:], conf[n:], ignore_m, box)
     logits = model(torch.cat([img_x, cutmix_images(img_u_s, img_m_s, box)])).logits
-    loss_x = masked_cross_entropy(logits[: img_x.shape[0]], mask_x, ignore_index)
+    loss_x = masked_cross_entropy(logits[: img_x.shape[0]], mask_x, ignore_index, "s4p labeled")
     loss_u, ratio = fixmatch_unlabeled_loss(logits[img_x.shape[0]:], pseudo, conf, ignore, threshold)
     return {"loss": (loss_x + loss_u) / 2, "loss_x": loss_x, "loss_u": loss_u}, {"confident_ratio": float(ratio),
                                                                                 **shares}
@@ -206,7 +177,7 @@ def mdf_losses(
         # The model computes each task's loss on its own rows and classes (mixed rows are padded to the widest).
         losses = dict(model(images, task=tasks, labels=labels).task_losses)
     else:
-        losses = {name: masked_cross_entropy(model(images, task=name).logits, labels, ignore_index[name])
+        losses = {name: masked_cross_entropy(model(images, task=name).logits, labels, ignore_index[name], name)
                   for name, (images, labels) in batches.items()}
     total = sum(weights[name] * value for name, value in losses.items())
     return {"loss": total, **{f"loss_{name}": value for name, value in losses.items()}}, {
