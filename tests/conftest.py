@@ -12,6 +12,7 @@ that several test files share, so that no test file imports another:
 
 import functools
 import io
+import logging
 import os
 import struct
 import sys
@@ -47,6 +48,18 @@ def hub(tmp_path, monkeypatch):
         # Nothing may have tried another host, nor a route the stand-in lacks.
         assert server.blocked == []
         assert server.unhandled == []
+
+
+@pytest.fixture
+def transformers_records():
+    """Everything transformers logs at warning level or above while the test runs (its logger does not propagate)."""
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

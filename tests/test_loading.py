@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 import textwrap
@@ -169,18 +168,6 @@ def test_image_segmentation_pipeline(saved):
     masks = np.stack([np.array(s["mask"]) for s in segments])
     assert masks.shape[1:] == (50, 70)
     assert (masks.sum(0) == 255).all()  # every pixel belongs to exactly one class
-
-
-@pytest.fixture
-def transformers_records():
-    """Everything transformers logs at warning level or above while the test runs (its logger does not propagate)."""
-    records = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def test_image_segmentation_pipeline_from_the_folder(saved, transformers_records, capsys, monkeypatch):

@@ -327,3 +327,19 @@ def test_readers_never_see_a_partial_shard_set(vaihingen, tmp_path, monkeypatch)
     monkeypatch.undo()
     new = state()
     assert len(new[0]) > 1 and seen and all(s in (old, new) for s in seen), [s[0] for s in seen]
+
+
+def test_n_band_arrays_are_stored_in_their_own_dtype(tmp_path):
+    """Images other than 8-bit RGB go into shards as arrays (an Array3D column), not as RGB images."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 60000, (24, 32, 13), dtype=np.uint16) for _ in range(3)]
+    features = datasets.Features({"image": datasets.Array3D(shape=(None, 32, 13), dtype="uint16"),
+                                  "mask": datasets.Image(), "id": datasets.Value("string")})
+    rows = [{"image": image, "mask": np.zeros((24, 32), np.uint8), "id": f"tile_{i}"} for i, image in enumerate(images)]
+    to_parquet_shards(datasets.Dataset.from_list(rows, features=features), tmp_path / "s", validate=False)
+    back = datasets.load_dataset(str(tmp_path / "s"), split="train")
+    assert back.features["image"] == features["image"]  # stored as uint16 (datasets' numpy format widens to int64)
+    for row, image in zip(back.with_format("numpy"), images):
+        assert np.array_equal(row["image"], image)

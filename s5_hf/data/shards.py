@@ -360,6 +360,9 @@ def to_parquet_shards(
 
     features = _features_of(dataset)
     image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    # N-band images (not 8-bit RGB) are stored as arrays of their own dtype: Parquet takes them as nested lists.
+    array_columns = [name for name, feature in features.items()
+                     if isinstance(feature, (datasets.Array2D, datasets.Array3D, datasets.Array4D))]
     check_mask = "mask" in image_columns
     schema = features.arrow_schema.with_metadata(
         {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
@@ -389,6 +392,11 @@ def to_parquet_shards(
                         if column == "mask" and check_mask:
                             row[column]["bytes"] = checker(row[column]["bytes"], row_id, source)
                         size += len(row[column]["bytes"])
+                for column in array_columns:
+                    if row[column] is not None:
+                        array = np.asarray(row[column])
+                        size += array.nbytes
+                        row[column] = array.tolist()
                 size += sum(len(v) for v in row.values() if isinstance(v, str))
                 sources[str(source)] += 1
                 writer.add(row, size)
