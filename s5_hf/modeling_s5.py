@@ -351,18 +351,21 @@ class S5MLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor, routing: TaskRouting) -> torch.Tensor:
         if self.experts is not None and routing.slices is not None:
             # Task by task on views of the batch: the (rows, tokens, intermediate) activations, the largest of the
-            # block, exist for one task at a time, as in one forward per task, and nothing is gathered.
-            return torch.cat([self._one_task(task, hidden_states[rows]) for task, rows in routing.slices], dim=0)
+            # block, exist for one task at a time, as in one forward per task; the shared and expert outputs are
+            # written into one output tensor, not concatenated (a batch-sized copy fewer per block).
+            out = hidden_states.new_empty(hidden_states.shape)
+            split = out.shape[-1] - self.part_features
+            for task, rows in routing.slices:
+                inner = self.act(self.fc1(hidden_states[rows]))
+                out[rows, :, :split] = self.fc2(inner)
+                out[rows, :, split:] = self.experts[task](inner)
+            return out
         hidden_states = self.act(self.fc1(hidden_states))
         shared = self.fc2(hidden_states)
         if self.experts is None:
             return shared
         expert = routing.apply(lambda task, rows: self.experts[task](rows), hidden_states, self.part_features)
         return torch.cat([shared, expert], dim=-1)
-
-    def _one_task(self, task: int, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.act(self.fc1(hidden_states))
-        return torch.cat([self.fc2(hidden_states), self.experts[task](hidden_states)], dim=-1)
 
 
 # Ops whose outputs the "elementwise" checkpointing keeps: the matmuls and attention kernels (the compute). The
