@@ -25,6 +25,13 @@ peak memory that the pass allocates (tracemalloc, which NumPy reports its arrays
 memory must not grow with the tile count.
 
     python benchmarks/bench_data.py --band_stats --tiles 10000 --tile_size 64
+
+`--bands_vs_rgb` measures read + normalize + augment of a folder dataset (`LabeledFolder` through `DataSource`
+and `TrainStream`, as MDF reads the user's own data) of 13-band uint16 GeoTIFF tiles (per-band statistics,
+`RawUnitsTransform`) against the same number of 8-bit RGB PNG tiles (`LabeledTransform` with the ImageNet
+statistics), same tile size, crop and workers, in images per CPU-second and MB of pixels per CPU-second.
+
+    python benchmarks/bench_data.py --bands_vs_rgb --images 48 --size 512
 """
 
 from __future__ import annotations
@@ -73,11 +80,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def measure(location: Path, transform, workers: int, batch: int, images: int) -> dict:
+def measure(location: Path, transform, workers: int, batch: int, images: int, task: str = "loveda") -> dict:
     """Wall rate over the second half of the batches (after start-up and the workers' prefetch), and the CPU time
     per image of the whole case (main process + workers, start-up included), which load on a shared machine
     does not inflate."""
-    dataset = DataSource("loveda", str(location)).load("train")
+    dataset = DataSource(task, str(location)).load("train")
     stream = TrainStream(dataset, transform, batch_size=batch, shuffle_buffer=0, num_workers=workers, name="bench")
     batches = images // batch
     cpu_start, start = cpu_seconds(), time.perf_counter()
@@ -93,6 +100,43 @@ def measure(location: Path, transform, workers: int, batch: int, images: int) ->
     cpu = cpu_seconds() - cpu_start
     return {"startup": first - start, "rate": (batches - batches // 2) * batch / (end - half),
             "total": end - start, "per_core": batches * batch / cpu}
+
+
+def bench_bands_vs_rgb(size: int, images: int, batch: int, workers: list[int]) -> None:
+    """13-band uint16 GeoTIFF tiles vs 8-bit RGB PNG tiles through the folder-dataset training path."""
+    from s5_hf.data.band_stats import RawUnitsTransform, compute_band_stats, processor_from_band_stats
+    from s5_hf.data.folders import LabeledFolder
+    from s5_hf.data.synthetic import make_fake_labeled_folder
+
+    crop = min(512, size)
+    print(f"read + normalize + augment of a folder dataset: {images} tiles of {size} px, crop {crop}, batch {batch}; "
+          f"os.cpu_count()={os.cpu_count()}, torch threads per process 1")
+    with tempfile.TemporaryDirectory() as folder:
+        cases = {}
+        for name, bands, dtype in (("RGB uint8 PNG", 3, "uint8"), ("13-band uint16 GeoTIFF", 13, "uint16")):
+            root = make_fake_labeled_folder(Path(folder) / name.split()[0], num_images=images, size=size,
+                                            bands=bands, dtype=dtype)
+            if bands == 3:
+                transform = LabeledTransform(crop)
+            else:
+                stats = compute_band_stats(LabeledFolder(root, "mine").iter_images("train"))
+                processor = processor_from_band_stats(stats)
+                transform = RawUnitsTransform(LabeledTransform(crop, mean=stats.mean, std=stats.std),
+                                              processor=processor)
+            cases[name] = (root, transform, size * size * bands * (1 if dtype == "uint8" else 2) / 2**20)
+        results = {}
+        print(f"  {'data':24} {'workers':>7} {'start-up s':>10} {'images/s':>9} {'images per CPU-s':>16} "
+              f"{'pixel MB per CPU-s':>18}")
+        for name, (root, transform, megabytes) in cases.items():
+            for w in workers:
+                r = results[name, w] = measure(root, transform, w, batch, images, task="mine")
+                print(f"  {name:24} {w:7d} {r['startup']:10.2f} {r['rate']:9.2f} {r['per_core']:16.2f} "
+                      f"{r['per_core'] * megabytes:18.1f}")
+        for w in workers:
+            multi, rgb = results["13-band uint16 GeoTIFF", w], results["RGB uint8 PNG", w]
+            print(f"  {w} worker(s): 13-band GeoTIFF vs RGB PNG (baseline): images per CPU-second "
+                  f"x{multi['per_core'] / rgb['per_core']:.2f}, wall images/s x{multi['rate'] / rgb['rate']:.2f}")
+    print(f"  peak RSS of the main process: {peak_rss_mb():.0f} MB")
 
 
 def band_stats_pass(tiles: int, size: int, bands: int, percentiles) -> dict:
@@ -148,7 +192,14 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=10_000, help="--band_stats: tiles in the pass")
     parser.add_argument("--tile_size", type=int, default=64, help="--band_stats: tile side in px")
     parser.add_argument("--bands", type=int, default=13, help="--band_stats: bands per tile (Sentinel-2: 13)")
+    parser.add_argument("--bands_vs_rgb", action="store_true",
+                        help="13-band uint16 GeoTIFF vs RGB PNG folder datasets instead")
     args = parser.parse_args()
+    if args.bands_vs_rgb:
+        datasets.disable_progress_bars()
+        torch.set_num_threads(1)
+        bench_bands_vs_rgb(args.size or 512, args.images or 48, args.batch, [int(w) for w in args.workers.split(",")])
+        return
     if args.band_stats:
         bench_band_stats(args.tiles, args.tile_size, args.bands)
         return
