@@ -17,24 +17,18 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from s5_hf import S5Config, S5ForSemanticSegmentation, S5ImageProcessor
+from s5_hf import S5ForSemanticSegmentation, S5ImageProcessor
 from s5_hf.hub.publish import PublishError, check_dataset_folder, check_model_folder, main, publish_model, remote_code_files
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 CODE = ["configuration_s5.py", "image_processing_s5.py", "label_sets.py", "modeling_s5.py"]
 
 
-def tiny_model(tasks=("potsdam", "loveda")) -> S5ForSemanticSegmentation:
-    torch.manual_seed(0)
-    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
-                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=8, tasks=list(tasks))
-    return S5ForSemanticSegmentation(config).eval()
-
-
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tmp_path_factory, tiny_config):
     path = tmp_path_factory.mktemp("publish") / "model"
-    model = tiny_model()
+    torch.manual_seed(0)
+    model = S5ForSemanticSegmentation(tiny_config(part_features=8, tasks=["potsdam", "loveda"])).eval()
     model.save_pretrained(path)
     S5ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
     return path, model
@@ -283,12 +277,11 @@ def test_rs4p_push_replaces_the_shards_of_an_earlier_push(hub, tmp_path):
 # LoRA-trained models: the adapters are checked, uploaded and described by the card
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lora_saved(tmp_path_factory):
+def lora_saved(tmp_path_factory, tiny_config):
     from s5_hf.training.lora import add_lora_adapters
 
     torch.manual_seed(0)
-    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
-                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=0, tasks=["potsdam", "loveda"])
+    config = tiny_config(part_features=0, tasks=["potsdam", "loveda"])
     model = add_lora_adapters(S5ForSemanticSegmentation(config), r=4)
     with torch.no_grad():  # trained adapters are not the identity (lora_B starts at zero)
         for name, param in model.named_parameters():

@@ -8,7 +8,6 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from s5_hf import S5Config
 from s5_hf.hub.cards import (
     PENDING_MODELS,
     RELEASED_MODELS,
@@ -97,10 +96,8 @@ def test_card_facts_come_from_the_configuration(model, rendered):
         assert "set_default_task" in text and 'pipeline("image-segmentation"' in text
 
 
-def test_card_for_a_trained_folder_claims_no_results():
-    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
-                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=0,
-                      tasks=["loveda", {"name": "roofs", "id2label": {0: "flat", 1: "pitched"}}])
+def test_card_for_a_trained_folder_claims_no_results(tiny_config):
+    config = tiny_config(part_features=0, tasks=["loveda", {"name": "roofs", "id2label": {0: "flat", 1: "pitched"}}])
     text = str(build_model_card(config, "someone/tiny-s5"))
     meta = validate_card_text(text)
     assert "model-index" not in meta and "## Results" not in text
@@ -122,15 +119,14 @@ def test_validation_rejects_broken_metadata(rendered):
 
 
 
-def test_released_card_states_the_weights_digest_and_a_lora_card_its_adapters():
+def test_released_card_states_the_weights_digest_and_a_lora_card_its_adapters(tiny_config):
     model = next(m for m in RELEASED_MODELS if m.name == "s5-vit-b-mdf")
     digest = "ab" * 32
     text = str(released_card(model, weights_sha256=digest))
     validate_card_text(text)
     assert f"`{digest}`" in text and "official_conversion.json" in text
     assert digest not in str(released_card(model))  # the committed cards carry none until a digest is pinned
-    config = S5Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=64,
-                      out_indices=[1, 2, 3, 4], decoder_hidden_size=16, part_features=0, tasks=["potsdam", "loveda"])
+    config = tiny_config(part_features=0, tasks=["potsdam", "loveda"])
     text = str(build_model_card(config, "someone/lora-s5", lora_adapters=["potsdam", "loveda"]))
     meta = validate_card_text(text)
     assert {"lora", "peft"} <= set(meta["tags"]) and "## LoRA adapters" in text
