@@ -175,7 +175,8 @@ for step in range(2):
     assert torch.allclose(gathered[0], gathered[1], atol=1e-6), (gathered[0] - gathered[1]).abs().max()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-print("ddp-ok", accelerator.process_index)
+print("ddp-ok", accelerator.process_index, flush=True)
+accelerator.end_training()  # destroys the process group: gloo's threads otherwise may abort the exit
 """
 
 

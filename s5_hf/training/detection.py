@@ -260,6 +260,7 @@ def main(argv=None) -> dict:
     result = {"steps": total, "history": history, "run_id": run.run_id}
     if args.push_to_hub:
         result["commit_url"] = push(accelerator, args, history, run, len(test_rows))
+    accelerator.end_training()  # as S4P and MDF: destroys the process group of a multi-process run
     return result
 
 
