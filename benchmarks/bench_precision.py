@@ -30,11 +30,10 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 
 import torch
 
-from machine import case_line, count_flops, machine_line, measure_matmul_rates, peak_memory_mb
+from machine import case_line, count_flops, machine_line, measure_matmul_rates, peak_memory_mb, time_calls
 from memory import current_rss_mb
 from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.precision import native_dtype_report
@@ -101,12 +100,7 @@ def run_case(size: str, kind: str, precision: str, batch: int, steps: int, profi
             optimizer.zero_grad(set_to_none=True)
     baseline = current_rss_mb()
     flops = count_flops(call)  # also the warm-up (oneDNN primitive creation, AdamW state)
-    times, cpu_times = [], []
-    for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        call()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - start_cpu)
+    times, cpu_times = time_calls(call, steps)
     result = {"seconds": min(times), "mean_seconds": sum(times) / len(times), "cpu_seconds": min(cpu_times),
               "flops": flops,
               "baseline_mb": baseline, "peak_mb": peak_memory_mb(), "threads": torch.get_num_threads()}

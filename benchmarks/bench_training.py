@@ -39,7 +39,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -47,7 +46,7 @@ from s5_hf import S5Config, S5ForSemanticSegmentation
 from s5_hf.label_sets import MDF_TASKS, VOID_ID
 from s5_hf.modeling_s5 import parse_activation_checkpointing
 from s5_hf.training.losses import mdf_losses, s4p_losses
-from machine import count_flops, machine_line, measure_matmul_rates  # benchmarks/machine.py
+from machine import count_flops, machine_line, measure_matmul_rates, time_calls  # benchmarks/machine.py
 from memory import current_rss_mb, peak_rss_mb  # benchmarks/memory.py (scripts run from this folder)
 
 SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=128, out_indices=[1, 2, 3, 4],
@@ -140,12 +139,7 @@ def train_case(size: str, kind: str, batch: int, steps: int, threads: int | None
 
     # Warm-up (also allocates the AdamW state); its FLOPs include any recomputation of the backward pass.
     step_flops = count_flops(step) if flops else (step() and None)
-    times, cpu = [], []
-    for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
+    times, cpu = time_calls(step, steps)
     return {"seconds_per_step": sum(times) / len(times), "min_seconds": min(times), "images_per_step": images_per_step,
             "cpu_seconds_per_step": sum(cpu) / len(cpu), "baseline_mb": baseline, "peak_mb": peak_rss_mb(),
             "params_m": params / 1e6, "threads": torch.get_num_threads(), "flops": step_flops,

@@ -99,6 +99,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def time_calls(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of each of `repeats` calls of `fn` (CPU time is what other load on a shared
+    machine does not inflate)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return walls, cpus
+
+
 def peak_memory_mb(device: str | torch.device = "cpu") -> float:
     """Peak memory of this process: `max_memory_allocated` on CUDA, the resident high-water mark (VmHWM) else."""
     device = torch.device(device)

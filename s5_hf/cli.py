@@ -16,8 +16,8 @@ class ArgumentParser(argparse.ArgumentParser):
         import sys
 
         args = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args([self._snake_case(token) for token in _before_separator(args)]
-                                        + _after_separator(args), namespace)
+        end = args.index("--") if "--" in args else len(args)  # what follows "--" is never an option
+        return super().parse_known_args([self._snake_case(token) for token in args[:end]] + args[end:], namespace)
 
     def _snake_case(self, token: str) -> str:
         if not token.startswith("--") or token == "--":
@@ -27,14 +27,6 @@ class ArgumentParser(argparse.ArgumentParser):
         if name in self._option_string_actions or snake not in self._option_string_actions:
             return token
         return snake + equals + value
-
-
-def _before_separator(args: list[str]) -> list[str]:
-    return args[:args.index("--")] if "--" in args else args
-
-
-def _after_separator(args: list[str]) -> list[str]:
-    return args[args.index("--"):] if "--" in args else []
 
 
 __all__ = ["ArgumentParser"]
