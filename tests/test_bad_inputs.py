@@ -715,7 +715,8 @@ def _case_training_label_ids_out_of_range(inputs, tmp_path):
     shards = _training_shards(tmp_path / "labels", [Image.new("L", (64, 64), 40) for _ in range(4)])
     args = _training_s4p_args(inputs, tmp_path / "out", "--labeled_options", "{}")
     args[args.index("--labeled") + 1] = f"isaid={shards}"
-    return ("s4p", args, ValueError, r"(Target|label) ids \[40\] are outside the 16 classes 0..15", tmp_path / "out")
+    return ("s4p", args, ValueError, r"sample '\w+': mask value\(s\) 40 \(\d+ px\) outside the classes 0..15",
+            tmp_path / "out")
 
 
 def _case_training_output_dir_of_another_run(inputs, tmp_path):

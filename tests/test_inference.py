@@ -462,9 +462,10 @@ def test_compiled_forward_agrees_with_eager_and_has_no_graph_break(model):
     with torch.inference_mode():
         for task in TASKS:
             eager = model(pixels, task=task).logits
-            # Decomposed ops round differently: within 1e-6 of the logits' magnitude (this fixture's reach ~170).
+            # Decomposed ops round differently: within 1e-5 of the logits' magnitude (this fixture's reach ~190;
+            # measured differences up to 1.2e-6 of it, a wrong graph differs by its whole size).
             torch.testing.assert_close(compiled(pixels, task=task).logits, eager,
-                                       atol=1e-6 * float(eager.abs().max()), rtol=0)
+                                       atol=1e-5 * float(eager.abs().max()), rtol=0)
     with pytest.raises(ValueError, match="NaN/Inf"):  # the input checks still run (eagerly, before the graph)
         compiled(torch.full((1, 3, 64, 64), float("nan")), task="loveda")
     labels = segment_scene(compiled, rgb(100, 90, seed=2), "potsdam", window=64, batch_size=2)

@@ -386,3 +386,37 @@ def test_a_corrupt_geotiff_is_named_by_every_reader(tmp_path):
     for read in (raster_info, read_image, read_mask):
         with pytest.raises(DataFileError, match=r"scene\.tif: cannot read the GeoTIFF"):
             read(bad)
+
+
+def test_mdf_from_shards_of_a_folder_matches_the_folder(tmp_path):
+    """`folder_to_shards` keeps the rows, their order and the nodata: the same band statistics (read from the shard
+    features and card instead of the GeoTIFF headers) and, with the stored order (--shuffle_buffer 0) and one seed,
+    the same losses step by step."""
+    from s5_hf import S5ImageProcessor
+    from s5_hf.data.normalization import data_normalization
+    from s5_hf.data.shards import folder_to_shards
+
+    finetune = load_script("finetune_mdf")
+    root = make_fake_labeled_folder(tmp_path / "d", num_images=6, size=64, bands=4, dtype="uint16", nodata=0,
+                                    nodata_border=8, layout="splits")
+    folder_to_shards(LabeledFolder(root, "fields"), tmp_path / "shards")
+    sources = {kind: DataSource.parse(f"fields={location}") for kind, location in
+               (("folder", root), ("shards", tmp_path / "shards"))}
+    norms = {kind: data_normalization({"fields": s}, {"fields": "train"}, 4) for kind, s in sources.items()}
+    assert norms["folder"].raw_units and norms["shards"].raw_units
+    np.testing.assert_allclose(norms["shards"].mean, norms["folder"].mean, rtol=1e-12)
+    np.testing.assert_allclose(norms["shards"].std, norms["folder"].std, rtol=1e-12)
+    losses = {}
+    for kind, source in sources.items():
+        out = tmp_path / f"run_{kind}"
+        outcome = finetune.main(["--train_datasets", f"fields={source.location}", "--output_dir", str(out),
+                                 "--config_overrides", json.dumps({**TINY, "num_channels": 4}), "--crop_size", "64",
+                                 "--batch_size", "2", "--max_train_steps", "2", "--eval_steps", "0",
+                                 "--logging_steps", "1", "--learning_rate", "1e-3", "--shuffle_buffer", "0",
+                                 "--max_eval_samples", "2"])
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        # The losses, then the val scores through the saved processor (the shard rows reach it as uint16 arrays).
+        losses[kind] = [r["loss"] for r in records if "loss" in r]
+        losses[kind].append(outcome["results"]["fields"].scores.mean_iou)
+        np.testing.assert_allclose(S5ImageProcessor.from_pretrained(out / "model").image_mean, norms[kind].mean)
+    assert len(losses["folder"]) == 3 and losses["shards"] == losses["folder"]

@@ -343,3 +343,118 @@ def test_n_band_arrays_are_stored_in_their_own_dtype(tmp_path):
     assert back.features["image"] == features["image"]  # stored as uint16 (datasets' numpy format widens to int64)
     for row, image in zip(back.with_format("numpy"), images):
         assert np.array_equal(row["image"], image)
+
+
+# ---- a user's labeled folder as shards ----------------------------------------------------------------------------
+def test_labeled_folder_to_shards_round_trip_with_card_metadata(tmp_path):
+    from s5_hf.data.folders import LabeledFolder
+    from s5_hf.data.normalization import band_layout, nodata_fill
+    from s5_hf.data.shards import card_metadata, folder_to_shards
+    from s5_hf.data.streams import DataSource
+
+    root = fake.make_fake_labeled_folder(tmp_path / "d", num_images=6, size=32, bands=4, dtype="uint16", nodata=0,
+                                         nodata_border=4, layout="splits")
+    folder = LabeledFolder(root, "fields", ignore_index=254)
+    written = folder_to_shards(folder, tmp_path / "shards", shard_size_mb=1)
+    assert {split: [p.name for p in paths] for split, paths in written.items()} == {
+        "train": ["train-00000-of-00001.parquet"], "val": ["val-00000-of-00001.parquet"]}
+    metadata = card_metadata(tmp_path / "shards")
+    assert metadata["id2label"] == {i: f"class_{i}" for i in range(4)} and metadata["ignore_index"] == 254
+    assert metadata["bands"]["count"] == 4 and metadata["dtype"] == "uint16" and metadata["nodata"] == 0.0
+    source = DataSource.parse(f"fields={tmp_path / 'shards'}")
+    assert source.kind == "shards" and source.default_splits() == ("train", "val", "val")
+    assert source.task().to_dict() == {"name": "fields", "id2label": metadata["id2label"], "ignore_index": 254}
+    assert band_layout(source) == (4, "uint16") and nodata_fill(source) == 0.0
+    for split in ("train", "val"):
+        expected = list(folder.load(split))
+        got = list(source.load(split))
+        assert [r["id"] for r in got] == [r["id"] for r in expected]  # the folder's order
+        for row, want in zip(got, expected, strict=True):
+            assert row["image"].dtype == np.uint16 and row["image"].shape == (32, 32, 4)
+            np.testing.assert_array_equal(row["image"], want["image"])
+            np.testing.assert_array_equal(row["mask"], want["mask"])
+            assert (row["mask"][:, :4] == 254).all()  # nodata border: the ignore index, as in the folder rows
+    # Train only: nothing to validate on by default.
+    folder_to_shards(folder, tmp_path / "train_only", splits=["train"])
+    assert DataSource.parse(f"fields={tmp_path / 'train_only'}").default_splits() == ("train", "", "")
+
+
+def test_folder_to_shards_names_a_bad_mask_row_and_leaves_the_folder_as_it_was(tmp_path):
+    from s5_hf.data.folders import LabeledFolder
+    from s5_hf.data.shards import folder_to_shards
+
+    root = fake.make_fake_labeled_folder(tmp_path / "d", num_images=3, size=32, bands=4, dtype="uint16")
+    out = tmp_path / "shards"
+    folder_to_shards(LabeledFolder(root, "fields"), out)
+    before = snapshot(out)
+    mask = np.array(Image.open(root / "masks" / "tile_002.png"))
+    mask[3, 3] = 9
+    Image.fromarray(mask).save(root / "masks" / "tile_002.png")
+    with pytest.raises(ValueError, match=r"Row 'tile_002': .*tile_002\.png: mask value\(s\) 9 \(1 px\) outside"):
+        folder_to_shards(LabeledFolder(root, "fields"), out, overwrite=True)
+    assert snapshot(out) == before
+    with pytest.raises(ValueError, match=r"Row 'tile_002'"):
+        folder_to_shards(LabeledFolder(root, "fields"), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (root / "id2label.json").unlink()
+    with pytest.raises(ValueError, match="class names unknown"):
+        folder_to_shards(LabeledFolder(root, "fields"), tmp_path / "new")
+
+
+# ---- class names from ClassLabel features -------------------------------------------------------------------------
+def _rows_with(features_extra: dict, values: dict) -> datasets.Dataset:
+    images = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(2)]
+    masks = [Image.fromarray(np.zeros((16, 16), np.uint8)) for _ in range(2)]
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(), "id": datasets.Value("string"),
+                                  **features_extra})
+    return datasets.Dataset.from_dict({"image": images, "mask": masks, "id": ["a", "b"], **values}, features=features)
+
+
+def test_class_names_come_from_a_classlabel_feature_of_local_shards(tmp_path):
+    from s5_hf.data.streams import DataSource, class_names_from_features
+
+    names = ["water", "forest", "urban"]
+    rows = _rows_with({"label_names": datasets.Sequence(datasets.ClassLabel(names=names))}, {"label_names": [[0], [1]]})
+    to_parquet_shards(rows, tmp_path / "seq", validate=False)
+    assert DataSource.parse(f"lc={tmp_path / 'seq'}").task().id2label == dict(enumerate(names))
+    rows = _rows_with({"scene": datasets.ClassLabel(names=names)}, {"scene": [0, 2]})
+    to_parquet_shards(rows, tmp_path / "column", validate=False)
+    assert DataSource.parse(f"lc={tmp_path / 'column'}").task().id2label == dict(enumerate(names))
+    # The card's dataset_info is read when the Parquet schema has no `datasets` metadata.
+    data = tmp_path / "column" / "data"
+    for path in data.glob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+    assert DataSource.parse(f"lc={tmp_path / 'column'}").task().id2label == dict(enumerate(names))
+    # The rule: every ClassLabel counts and they must agree; a ClassLabel without names names nothing.
+    features = datasets.Features({"a": datasets.ClassLabel(names=names),
+                                  "b": datasets.Sequence(datasets.Sequence(datasets.ClassLabel(names=names[:2])))})
+    with pytest.raises(ValueError, match=r"lc: its ClassLabel features name different classes \(a: .*; b: "):
+        class_names_from_features(features, "lc")
+    assert class_names_from_features(datasets.Features({"k": datasets.ClassLabel(num_classes=3)})) is None
+    assert class_names_from_features({"s": {"inner": datasets.ClassLabel(names=names)}}) == dict(enumerate(names))
+    # No ClassLabel, no card, no id2label.json: the error asks for --labels.
+    to_parquet_shards(_rows_with({}, {}), tmp_path / "plain", validate=False)
+    with pytest.raises(ValueError, match="classes are unknown: pass --labels"):
+        DataSource.parse(f"lc={tmp_path / 'plain'}").task()
+
+
+def test_hub_sources_parse_their_builder_features_with_the_same_rule(monkeypatch):
+    from s5_hf.data import streams
+
+    seen = []
+
+    def fake_hub_features(repo_id):  # the real one asks the Hub (datasets.load_dataset_builder)
+        seen.append(repo_id)
+        return datasets.Features({"image": datasets.Image(), "labels": datasets.Sequence(
+            datasets.ClassLabel(names=["bare", "green"]))})
+
+    monkeypatch.setattr(streams, "hub_features", fake_hub_features)
+    task = streams.DataSource.parse("fields=org/fields").task()
+    assert seen == ["org/fields"] and task.id2label == {0: "bare", 1: "green"}
+
+    def offline(repo_id):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(streams, "hub_features", offline)
+    with pytest.raises(ValueError, match=r"fields=org/fields: its classes are unknown .*offline.*pass --labels"):
+        streams.DataSource.parse("fields=org/fields").task()

@@ -416,16 +416,27 @@ class LabeledFolder:
             pixels, invalid = read_image(pair.image, self.nodata, self.bands)
             yield pair, pixels, ~invalid
 
-    def load(self, split: str) -> datasets.IterableDataset:
-        """The rows of `split`, streamed; one shard per pair (so processes split and shuffle by file)."""
+    def read_image_row(self, pair: Pair) -> dict[str, Any]:
+        """One row without its mask, for unlabeled use: ``image`` (as `read`), ``valid`` ((H, W) bool, False where
+        the image is nodata), ``id``, ``source``. The mask is neither read nor checked (no classes needed)."""
+        pixels, invalid = read_image(pair.image, self.nodata, self.bands)
+        image: Any = pixels
+        if pixels.dtype == np.uint8 and pixels.shape[2] == 3:
+            image = Image.fromarray(pixels, mode="RGB")
+        return {"image": image, "valid": ~invalid, "id": pair.id, "source": self.name}
+
+    def load(self, split: str, images_only: bool = False) -> datasets.IterableDataset:
+        """The rows of `split`, streamed; one shard per pair (so processes split and shuffle by file). With
+        `images_only`, `read_image_row`'s rows (S4P's unlabeled stream from a folder: its masks are ignored)."""
         self.check()
         pairs = self.pairs(split)
-        return datasets.IterableDataset.from_generator(_generate, gen_kwargs={"pairs": pairs, "folder": self})
+        return datasets.IterableDataset.from_generator(_generate, gen_kwargs={"pairs": pairs, "folder": self,
+                                                                              "images_only": images_only})
 
 
-def _generate(pairs: list[Pair], folder: LabeledFolder):
+def _generate(pairs: list[Pair], folder: LabeledFolder, images_only: bool = False):
     for pair in pairs:
-        yield folder.read(pair)
+        yield folder.read_image_row(pair) if images_only else folder.read(pair)
 
 
 __all__ = ["CheckedMasks", "LabeledFolder", "Pair", "RasterInfo", "find_pairs", "is_labeled_folder",

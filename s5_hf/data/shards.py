@@ -16,6 +16,10 @@ leaves the old folder as it was, and readers see the old shards with the old car
 Writing a split again needs ``overwrite=True``; the old shards are then replaced. A manifest
 (``.s5-manifest.json``) lists what was written; a folder holding anything else (a README.md that s5-hf did
 not write or that was edited since, any unlisted file) is refused, never overwritten.
+
+`folder_to_shards` writes a user's `LabeledFolder` (any bands and dtype) as arrays of its own dtype, with its
+classes, bands, dtype and nodata in the card; `shard_features` and `card_metadata` read a shard folder's
+declaration back (`s5_hf.data.streams`, `s5_hf.data.normalization`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -86,6 +91,8 @@ class DatasetCardInfo:
     tags: list[str] = field(default_factory=lambda: ["remote-sensing", "semantic-segmentation", "s5"])
     #: Free Markdown appended to the card (e.g. how the data was made).
     notes: str = ""
+    #: More YAML metadata fields, written as given (`folder_to_shards`: id2label, ignore_index, bands, dtype, nodata).
+    metadata: dict = field(default_factory=dict)
 
 
 def _benchmark_card(name: str) -> DatasetCardInfo:
@@ -442,6 +449,151 @@ def to_parquet_shards(
     return final
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A user's labeled folder as shards, and what a shard folder says about itself
+
+
+def _nodata_key(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def _folder_rows(pairs, folder):
+    """Rows of `pairs` as arrays: image (H, W, bands) of the file's dtype, mask (H, W), id, source."""
+    for pair in pairs:
+        try:
+            row = folder.read(pair)  # checks the mask values against the classes
+        except ValueError as error:
+            raise ValueError(f"Row {pair.id!r}: {error}") from None
+        yield {"image": np.asarray(row["image"]), "mask": row["mask"], "id": row["id"], "source": row["source"]}
+
+
+def folder_to_shards(
+    folder,
+    out_dir: str | os.PathLike,
+    splits: list[str] | tuple[str, ...] | None = None,
+    *,
+    shard_size_mb: float = 500,
+    min_shards: int = 1,
+    card: DatasetCardInfo | Mapping | None = None,
+    overwrite: bool = False,
+) -> dict[str, list[Path]]:
+    """Write a user's `LabeledFolder` (any bands and dtype, with nodata) as Parquet shards of arrays, one split after
+    another (default: every split of the folder), and swap the whole folder in at the end: a bad row leaves
+    `out_dir` as it was.
+
+    Rows: ``image`` (`datasets.Array3D` (H, W, bands) of the files' dtype, channel-last as `LabeledFolder` rows),
+    ``mask`` (`Array2D`, uint8, int32 if the ignore index exceeds 255; nodata pixels hold the ignore index), ``id``
+    and ``source``. Arrays can vary in height only (the datasets Array features allow one variable dimension): images
+    of different widths are refused. A mask value outside the classes is a ValueError naming the row and its file.
+
+    The card's YAML metadata records ``id2label``, ``ignore_index``, ``bands`` (``count`` and ``descriptions``, None
+    where unknown), ``dtype`` and ``nodata`` (the folder's `nodata`, else the value the GeoTIFFs declare; ``"nan"``
+    for NaN, whose pixels the rows hold as 0 as `read_image` fills them; files declaring different values are an
+    error: pass `nodata`). RGBA alpha nodata survives in the masks only. `DataSource(kind "shards")` reads the classes
+    and `s5_hf.data.normalization` the band layout and nodata back from it."""
+    from .folders import raster_info
+
+    if folder.id2label is None:
+        raise ValueError(f"{folder.name}={folder.location}: class names unknown: give the folder an id2label "
+                         "(id2label.json) before writing it as shards.")
+    splits = list(folder.splits) if splits is None else list(splits)
+    info = folder.check()
+    pairs = {split: folder.pairs(split) for split in splits}
+    widths, declared = {}, {}
+    for pair in (p for chosen in pairs.values() for p in chosen):
+        header = raster_info(pair.image, folder.bands)
+        widths.setdefault(header.width, pair.image)
+        if folder.nodata is None and header.nodata is not None:
+            declared.setdefault(_nodata_key(header.nodata), pair.image)
+    if len(widths) > 1:
+        (w1, p1), (w2, p2) = list(widths.items())[:2]
+        raise ValueError(f"{p1} is {w1} px wide but {p2} is {w2}: shards store arrays whose height only may vary; "
+                         "tile the images to one width first.")
+    if len(declared) > 1:
+        (v1, p1), (v2, p2) = list(declared.items())[:2]
+        raise ValueError(f"{p1} declares nodata {v1} but {p2} declares {v2}: pass one nodata value for the folder.")
+    nodata = folder.nodata if folder.nodata is not None else (float(next(iter(declared))) if declared else None)
+    width = next(iter(widths))
+    mask_dtype = "uint8" if folder.ignore_index <= 255 else "int32"
+    features = datasets.Features({
+        "image": datasets.Array3D(shape=(None, width, info.bands), dtype=info.dtype),
+        "mask": datasets.Array2D(shape=(None, width), dtype=mask_dtype),
+        "id": datasets.Value("string"), "source": datasets.Value("string")})
+    metadata = {
+        "id2label": {int(k): str(v) for k, v in folder.id2label.items()},
+        "ignore_index": int(folder.ignore_index),
+        "bands": {"count": int(info.bands), "descriptions": list(info.descriptions) or None},
+        "dtype": info.dtype,
+        "nodata": None if nodata is None else ("nan" if math.isnan(nodata) else float(nodata)),
+    }
+    card = _card_fields(card)
+    if isinstance(card, DatasetCardInfo):
+        card = DatasetCardInfo(**{**asdict(card), "metadata": {**card.metadata, **metadata}})
+    else:
+        card = {"pretty_name": folder.name, "label_set": None, **card,
+                "metadata": {**card.get("metadata", {}), **metadata}}
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        out_dir = out_dir.resolve()
+    recover_directory(out_dir)
+    check_output_folder(out_dir)
+    written = {}
+    # Every split is written into one staged copy of the folder, swapped in once all succeeded.
+    with staged_directory(out_dir) as staging:
+        _link_tree(out_dir, staging, skip=set())
+        for split in splits:
+            rows = datasets.IterableDataset.from_generator(
+                _folder_rows, gen_kwargs={"pairs": pairs[split], "folder": folder}, features=features)
+            paths = to_parquet_shards(rows, staging, shard_size_mb, card=card, min_shards=min_shards, split=split,
+                                      validate=False, overwrite=overwrite)
+            written[split] = [out_dir / "data" / path.name for path in paths]
+    return written
+
+
+def shard_files(location: str | os.PathLike) -> list[Path]:
+    """The Parquet files of a shard folder (``*.parquet`` or ``data/*.parquet``), sorted."""
+    location = Path(location)
+    return sorted(location.glob("*.parquet")) or sorted(location.glob("data/*.parquet"))
+
+
+def card_metadata(location: str | os.PathLike) -> dict:
+    """The YAML metadata of a shard folder's dataset card (README.md); empty without a card or metadata."""
+    card = Path(location) / "README.md"
+    if not card.is_file():
+        return {}
+    text = card.read_text()
+    if not text.startswith("---"):
+        return {}
+    import yaml
+
+    try:
+        metadata = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{card}: the card's YAML metadata does not parse ({error}).") from None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def shard_features(location: str | os.PathLike) -> datasets.Features | None:
+    """The `datasets` features of a shard folder: from the first shard's Parquet schema metadata (the
+    ``huggingface`` key `datasets` writes), else from the card's ``dataset_info``; None if neither declares them."""
+    files = shard_files(location)
+    if files:
+        try:
+            metadata = pq.read_schema(files[0]).metadata or {}
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{files[0]}: not a readable Parquet file ({error}).") from None
+        if b"huggingface" in metadata:
+            features = json.loads(metadata[b"huggingface"]).get("info", {}).get("features")
+            if features:
+                return datasets.Features.from_dict(features)
+    info = card_metadata(location).get("dataset_info")
+    if isinstance(info, list):  # one entry per config: take the default one
+        info = next((i for i in info if i.get("config_name", "default") == "default"), None)
+    if isinstance(info, dict) and info.get("features"):
+        return DatasetInfo._from_yaml_dict(info).features
+    return None
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -622,6 +774,8 @@ def _card_content(
             "extra_ids": dict(label_set.extra_ids),
         }
     data.s5_statistics = all_statistics
+    for key, value in info.metadata.items():
+        setattr(data, key, value)
     content = f"---\n{data.to_yaml()}\n---\n" + _card_markdown(info, features, label_set, all_statistics)
     # Parsed and serialised again as DatasetCard.save does: a card whose YAML does not load is never written.
     return str(DatasetCard(content))
@@ -657,7 +811,11 @@ def _card_markdown(
     }
     for name, feature in features.items():
         kind = type(feature).__name__ if not isinstance(feature, datasets.Value) else feature.dtype
-        lines.append(f"| `{name}` | {kind} | {meaning.get(name, '')} |")
+        text = meaning.get(name, "")
+        if isinstance(feature, (datasets.Array2D, datasets.Array3D)):
+            text = {"image": f"image array (height, width, bands) of {feature.dtype}",
+                    "mask": f"class ids, {feature.dtype} array; {VOID_ID} = void/ignore"}.get(name, text)
+        lines.append(f"| `{name}` | {kind} | {text} |")
     if label_set is not None:
         lines += ["", "## Classes", "", f"Label set `{label_set.name}`: {label_set.num_classes} classes.", ""]
         lines += ["| id | class | colour (RGB) |", "|---|---|---|"]
@@ -705,5 +863,5 @@ def _card_markdown(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SHARDS_KIND", "DatasetCardInfo", "check_output_folder", "claim_files", "keep_hidden_files",
-           "to_parquet_shards"]
+__all__ = ["SHARDS_KIND", "DatasetCardInfo", "card_metadata", "check_output_folder", "claim_files",
+           "folder_to_shards", "keep_hidden_files", "shard_features", "shard_files", "to_parquet_shards"]

@@ -18,18 +18,22 @@ restarts, as the official code repeats it), reshuffling with `set_epoch`.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
 from ..configuration_s5 import S5Task
+from ..label_sets import VOID_ID
 from .folders import LabeledFolder, is_labeled_folder, read_id2label
+from .shards import card_metadata, shard_features, shard_files
 from .registry import BENCHMARKS, HELDOUT, TRAIN_MINUS_HELDOUT, load_benchmark, stage_splits
 from ..training.augment import AugmentedDataset
 
@@ -68,7 +72,7 @@ class DataSource:
         if path.is_file() and path.suffix.lower() == ".csv":
             return "folder"
         if path.is_dir():
-            if any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")):
+            if shard_files(path):
                 return "shards"
             if self.name in BENCHMARKS:
                 return "benchmark"
@@ -98,9 +102,10 @@ class DataSource:
                              f"for model selection) exists for benchmark layouts only; name a split of the {kind} "
                              "source instead (e.g. --validation_splits NAME=val).")
         try:
-            return datasets.load_dataset(self.location, split=split, streaming=True)
+            dataset = datasets.load_dataset(self.location, split=split, streaming=True)
         except ValueError as error:  # datasets' "Unknown split" and similar
             raise ValueError(f"Data source {self.name}={self.location}: cannot load split {split!r}: {error}") from error
+        return with_array_dtypes(dataset)
 
 
     def folder(self) -> LabeledFolder:
@@ -111,21 +116,46 @@ class DataSource:
 
     def task(self) -> S5Task:
         """The model task (head) this source trains: a benchmark's, or one with the classes of `id2label` or of the
-        data itself (a folder's ``id2label.json``, a shard card's ``id2label``)."""
+        data itself, first found of:
+
+        1. an ``id2label.json`` in the folder (a folder source, or beside the shards: the transformers segmentation
+           examples' file);
+        2. ``id2label`` in a shard folder's dataset card metadata (`folder_to_shards` writes it, with
+           ``ignore_index``, which applies unless this source's ignore index was set to another value than 255);
+        3. a `datasets.ClassLabel` feature of the dataset (a shard folder's Parquet schema metadata or card
+           ``dataset_info``; a Hub dataset's `load_dataset_builder(...).info.features`): see
+           `class_names_from_features` for the rule."""
         if self.id2label is None and self.name in BENCHMARKS:
             return S5Task.parse(self.name)
-        id2label = self.id2label
+        id2label, ignore_index = self.id2label, self.ignore_index
         if id2label is None:
             kind = self.kind
             if kind == "folder":
                 id2label = self.folder().id2label
             elif kind == "shards":
-                table = Path(self.location) / "id2label.json"  # the transformers segmentation examples' file
-                id2label = read_id2label(table) if table.is_file() else card_id2label(self.location)
+                table = Path(self.location) / "id2label.json"
+                metadata = card_metadata(self.location)
+                if table.is_file():
+                    id2label = read_id2label(table)
+                else:
+                    id2label = card_id2label(self.location)
+                    if id2label is None:
+                        id2label = class_names_from_features(shard_features(self.location),
+                                                             f"{self.name}={self.location}")
+                if ignore_index == VOID_ID and isinstance(metadata.get("ignore_index"), int):
+                    ignore_index = metadata["ignore_index"]
+            elif kind == "hub":
+                try:
+                    features = hub_features(self.location)
+                except (OSError, ValueError) as error:  # not found, offline, no access
+                    raise ValueError(f"Data source {self.name}={self.location}: its classes are unknown and its "
+                                     f"features could not be read ({error}): pass --labels {self.name}="
+                                     "id2label.json.") from error
+                id2label = class_names_from_features(features, f"{self.name}={self.location}")
         if id2label is None:
             raise ValueError(f"Data source {self.name}={self.location}: its classes are unknown: pass --labels "
                              f"{self.name}=id2label.json (a JSON object {{\"0\": \"background\", ...}}).")
-        return S5Task.parse({"name": self.name, "id2label": id2label, "ignore_index": self.ignore_index})
+        return S5Task.parse({"name": self.name, "id2label": id2label, "ignore_index": ignore_index})
 
     def default_splits(self) -> tuple[str, str, str]:
         """(training, model-selection, reported) split: see `s5_hf.data.registry.stage_splits` for benchmark
@@ -137,23 +167,69 @@ class DataSource:
             return stage_splits(self.name)
         if kind == "folder" and "val" not in self.folder().splits:
             return "train", "", ""  # nothing to validate on (no val/ folder nor --validation_split)
+        if (kind == "shards" and self.name not in BENCHMARKS
+                and not any(f.name.startswith("val-") for f in shard_files(self.location))):
+            return "train", "", ""  # a user's shards without a val split (e.g. `folder_to_shards` of train only)
         evaluation = BENCHMARKS[self.name].eval_split if self.name in BENCHMARKS else "val"
         return "train", evaluation, evaluation
 
 
 def card_id2label(folder: str | os.PathLike) -> dict[int, str] | None:
     """``id2label`` from the YAML metadata of a shard folder's dataset card (README.md), if it declares one."""
-    card = Path(folder) / "README.md"
-    if not card.is_file():
-        return None
-    text = card.read_text()
-    if not text.startswith("---"):
-        return None
-    import yaml
-
-    metadata = yaml.safe_load(text.split("---", 2)[1]) or {}
-    id2label = metadata.get("id2label") if isinstance(metadata, dict) else None
+    id2label = card_metadata(folder).get("id2label")
     return {int(k): str(v) for k, v in id2label.items()} if isinstance(id2label, dict) else None
+
+
+def class_names_from_features(features: datasets.Features | Mapping | None, source: str = "data") -> dict | None:
+    """{id: name} of the `datasets.ClassLabel` a dataset declares, or None.
+
+    Rule: every ClassLabel in the features counts, whether a column is one or holds one inside lists (Sequence/List
+    at any depth, e.g. a per-pixel mask of ClassLabel ids, or a ``label_names`` list) or a struct. They must all
+    have the same names (a ValueError naming the columns otherwise: pass --labels); a ClassLabel without names
+    (only a count) does not name classes and is skipped."""
+    if not features:
+        return None
+    found: dict[str, tuple[str, ...]] = {}
+
+    def walk(path: str, feature) -> None:
+        if isinstance(feature, datasets.ClassLabel):
+            if feature.names and not all(n == str(i) for i, n in enumerate(feature.names)):
+                found[path] = tuple(feature.names)
+        elif isinstance(feature, Mapping):
+            for key, child in feature.items():
+                walk(f"{path}.{key}" if path else key, child)
+        elif isinstance(feature, (list, tuple)) and len(feature) == 1:
+            walk(path, feature[0])
+        elif hasattr(feature, "feature"):  # Sequence / List / LargeList
+            walk(path, feature.feature)
+
+    walk("", features)
+    if not found:
+        return None
+    names = set(found.values())
+    if len(names) > 1:
+        listed = "; ".join(f"{column}: {list(value)}" for column, value in found.items())
+        raise ValueError(f"{source}: its ClassLabel features name different classes ({listed}); pass --labels.")
+    return dict(enumerate(next(iter(names))))
+
+
+def hub_features(repo_id: str) -> datasets.Features | None:
+    """The declared features of a Hub dataset (its builder's info: the card's ``dataset_info`` or the Parquet
+    metadata), read without downloading the data."""
+    return datasets.load_dataset_builder(repo_id).info.features
+
+
+def _array_dtypes(row: dict, dtypes: dict[str, str]) -> dict:
+    return {name: np.asarray(row[name], dtype=dtype) for name, dtype in dtypes.items() if row[name] is not None}
+
+
+def with_array_dtypes(dataset: datasets.IterableDataset) -> datasets.IterableDataset:
+    """Array2D/3D/4D columns (N-band images, masks of `folder_to_shards`) as NumPy arrays of their declared dtype,
+    not the nested lists a stream yields (a 16-bit image must reach the processor as uint16)."""
+    features = dataset.features
+    dtypes = {name: feature.dtype for name, feature in (features or {}).items()
+              if isinstance(feature, (datasets.Array2D, datasets.Array3D, datasets.Array4D))}
+    return dataset.map(functools.partial(_array_dtypes, dtypes=dtypes)) if dtypes else dataset
 
 
 def process_part(dataset: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
@@ -241,4 +317,5 @@ class TrainStream:
         self._iterator = None
 
 
-__all__ = ["DataSource", "TrainStream", "card_id2label", "process_part", "read_id2label"]
+__all__ = ["DataSource", "TrainStream", "card_id2label", "class_names_from_features", "hub_features",
+           "process_part", "read_id2label", "with_array_dtypes"]

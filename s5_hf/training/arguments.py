@@ -130,6 +130,13 @@ class RunArguments:
         "What the backbone recomputes in the backward pass instead of keeping it: none, elementwise, attention, mlp "
         "or block, optionally ':k' for every k-th block (e.g. block:2). Same loss and gradients, less memory, more "
         "time: see benchmarks/TRAINING_MEMORY.md."))
+    torch_compile: bool = field(default=False, metadata=_option(
+        "Compile the model (forward, and the backward through AOTAutograd) with torch.compile, in place: saved "
+        "folders and checkpoints are unchanged. Compilation takes minutes first, and again for each new task pattern "
+        "of a batch; on a 2-core CPU the ViT-B step ran at x0.95 of eager (GEMM-bound, benchmarks/bench_compile.py), "
+        "so it is meant for GPUs."))
+    torch_compile_backend: str = field(default="inductor", metadata=_option(
+        "torch.compile backend of --torch_compile (aot_eager: the same capture without code generation)."))
     sync_bn: bool = field(default=True, metadata=_option(
         "SyncBatchNorm across processes, as the official runs (GPUs only: PyTorch has no CPU version)."))
     push_to_hub: bool = False
@@ -195,14 +202,27 @@ class S4PDataArguments(DataArguments):
     labels: str | None = field(default=None, metadata=_option(
         "id2label.json of the labeled data when it is not a benchmark (a JSON object {\"0\": \"background\", ...}); "
         "default: the folder's id2label.json or the shard card's."))
-    unlabeled: str = field(metadata=_option("NAME=LOCATION of the unlabeled data (RS4P shards)."))
+    unlabeled: str = field(metadata=_option(
+        "NAME=LOCATION of the unlabeled data (RS4P shards; or a folder of image/mask pairs, whose masks are ignored)."))
     unlabeled_split: str = "train"
+    nodata: str | None = field(default=None, metadata=_option(
+        "VALUE (e.g. 0, nan): image nodata of folder sources (--labeled and --unlabeled), overriding the GeoTIFFs' "
+        "own; such pixels are ignored by both losses and the metrics."))
+    bands: str | None = field(default=None, metadata=_option(
+        "The bands of folder sources (--labeled and --unlabeled) to train on, by 1-based number or GeoTIFF band "
+        "description (e.g. 4,3,2 or red,green,blue); default: all bands."))
+    clip_percentiles: list[float] = field(default_factory=list, metadata=_option(
+        "LOW HIGH, e.g. 2 98: for data other than 8-bit RGB, clip each band to these percentiles of the labeled "
+        "training images (stored in the saved image processor) before normalizing; default: no clipping.", nargs=2))
     batch_size: int = field(default=12, metadata=_option("Labeled images per process and micro-batch."))
     unlabeled_batch_size: int | None = field(default=None, metadata=_option("Default: --batch_size."))
 
     def __post_init__(self):
         super().__post_init__()
         self.labeled_options = json_object(self.labeled_options, "labeled_options")
+        self.clip_percentiles = [float(v) for v in self.clip_percentiles]
+        if self.clip_percentiles and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError(f"--clip_percentiles needs 0 <= LOW < HIGH <= 100, got {self.clip_percentiles}.")
 
 
 @dataclass(kw_only=True)

@@ -14,6 +14,10 @@ output: that is what makes a killed and resumed run see exactly the same samples
 
 Colour operations need the RGB bands first: on an N-band image they change bands 0-2 and keep the others; an
 image with fewer than three bands raises a ValueError.
+
+Data that is not 8-bit RGB (any band count, values in the data's own units: `s5_hf.data.normalization`) gets
+`strong_augment_bands` instead: brightness and contrast jitter of every band (`band_jitter`) and the same blur; no
+hue, saturation or grayscale, which only mean something for R, G, B.
 """
 
 from __future__ import annotations
@@ -361,6 +365,48 @@ def strong_augment(image: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return gaussian_blur(image, generator)
 
 
+def band_jitter(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    brightness: float = 0.5,
+    contrast: float = 0.5,
+    p: float = 0.8,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """With probability p, brightness and contrast factors from [1 - x, 1 + x] in a random order, for an image of
+    any band count in its own units (no clamping to [0, 1]; uint8 stays within 0..255): brightness multiplies the
+    values, contrast blends each band with its own mean over the `valid` pixels ((H, W) bool; default all).
+
+    One factor of each for all bands, as ColorJitter's brightness and contrast apply one factor to R, G and B: the
+    ratios between bands (spectral indices such as NDVI) survive brightness, and every band's contrast changes
+    alike. Pixels outside `valid` (nodata, padding) keep their values. Draws: one for p; if applied, a permutation
+    of the two operations, then the two factors."""
+    if not _chance(generator, p):
+        return image
+    order = torch.randperm(2, generator=generator).tolist()
+    factors = (_uniform(generator, max(0.0, 1 - brightness), 1 + brightness),
+               _uniform(generator, max(0.0, 1 - contrast), 1 + contrast))
+    original = image.float()
+    keep = torch.ones(image.shape[-2:], dtype=torch.bool, device=image.device) if valid is None else valid.bool()
+    if not keep.any():
+        return image
+    out = original
+    for index in order:
+        if index == 0:
+            out = out * factors[0]
+        else:
+            mean = out[:, keep].mean(dim=1).view(-1, 1, 1)
+            out = factors[1] * out + (1 - factors[1]) * mean
+    return _cast(torch.where(keep, out, original), image.dtype)
+
+
+def strong_augment_bands(image: torch.Tensor, generator: torch.Generator,
+                         valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The strong augmentation of data that is not 8-bit RGB: `band_jitter` (p=0.8), then Gaussian blur (p=0.5)."""
+    image = band_jitter(image, generator, valid=valid)
+    return gaussian_blur(image, generator)
+
+
 def cutmix_box(
     height: int,
     width: int,
@@ -435,13 +481,17 @@ class LabeledTransform:
 
 
 class UnlabeledTransform:
-    """Turns a `datasets` row (`image` PIL image; any other column is ignored) into UniMatch's unlabeled sample:
+    """Turns a `datasets` row (`image` PIL image or array; an optional `valid` (H, W) bool column, False where the
+    image is nodata; any other column is ignored) into UniMatch's unlabeled sample:
     `(weak, strong1, strong2, ignore_mask, cutmix_box1, cutmix_box2)`.
 
     The three images are float32 (C, S, S), normalised: the weak view, and two independent strong augmentations
-    of it. `ignore_mask` is int64 (S, S): 255 where the crop is padding, 0 elsewhere. The CutMix boxes are uint8
-    (S, S) 0/1 masks (the official S4P step uses only strong1 and box1). Draw order: weak, strong1, strong2,
-    box1, box2.
+    of it. `ignore_mask` is int64 (S, S): 255 where the crop is padding or nodata (`valid` False), 0 elsewhere. The
+    CutMix boxes are uint8 (S, S) 0/1 masks (the official S4P step uses only strong1 and box1). Draw order: weak,
+    strong1, strong2, box1, box2.
+
+    `photometric`: ``"rgb"`` (the paper's `strong_augment`, for 8-bit RGB) or ``"bands"`` (`strong_augment_bands`,
+    for other data in its own units; its contrast means are over the valid pixels of the crop).
     """
 
     def __init__(
@@ -453,22 +503,36 @@ class UnlabeledTransform:
         cutmix_p: float = 0.5,
         seed: int = 0,
         image_key: str = "image",
+        photometric: str = "rgb",
     ):
+        if photometric not in ("rgb", "bands"):
+            raise ValueError(f"photometric must be 'rgb' or 'bands', got {photometric!r}.")
         self.crop_size = crop_size
         self.ratio_range = ratio_range
         self.mean, self.std = tuple(mean), tuple(std)
         self.cutmix_p = cutmix_p
         self.image_key = image_key
+        self.photometric = photometric
         self.generator = sample_generator(seed)
 
     def __call__(self, row: Mapping[str, Any], generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
         generator = generator if generator is not None else self.generator
         image = image_to_tensor(row[self.image_key])
-        # A zero mask through the same geometry marks the padding with 255.
+        # A zero mask (255 where nodata) through the same geometry marks the padding with 255.
         valid = torch.zeros(image.shape[-2:], dtype=torch.uint8)
+        if row.get("valid") is not None:
+            nodata = ~torch.from_numpy(np.asarray(row["valid"], dtype=bool))
+            if nodata.shape != valid.shape:
+                raise ValueError(f"The row's valid mask is {tuple(nodata.shape)} but its image {tuple(valid.shape)}.")
+            valid[nodata] = VOID_ID
         weak, ignore_mask = weak_augment(image, valid, self.crop_size, generator, self.ratio_range)
-        strong1 = strong_augment(weak, generator)
-        strong2 = strong_augment(weak, generator)
+        if self.photometric == "rgb":
+            strong1 = strong_augment(weak, generator)
+            strong2 = strong_augment(weak, generator)
+        else:
+            inside = ignore_mask == 0
+            strong1 = strong_augment_bands(weak, generator, valid=inside)
+            strong2 = strong_augment_bands(weak, generator, valid=inside)
         height, width = ignore_mask.shape
         box1 = cutmix_box(height, width, generator, p=self.cutmix_p)
         box2 = cutmix_box(height, width, generator, p=self.cutmix_p)
@@ -549,6 +613,7 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "band_jitter",
     "color_jitter",
     "cutmix_box",
     "cutmix_images",
@@ -566,5 +631,6 @@ __all__ = [
     "row_seed_key",
     "sample_generator",
     "strong_augment",
+    "strong_augment_bands",
     "weak_augment",
 ]

@@ -49,7 +49,10 @@ from ..image_processing_s5_detection import S5DetectionImageProcessor
 from ..modeling_s5_detection import S5ForOrientedDetection
 from ..obb_geometry import regularize_obb
 from .arguments import DETECTION_ARGUMENTS, DetectionArguments, ModelArguments, S5ArgumentParser, argument_record
-from .loop import MetricsLog, RunFolder, list_checkpoints, resolve_checkpoint, verify_checkpoint, write_integrity_record
+from .loop import (
+    MetricsLog, RunFolder, fused_adamw_supported, list_checkpoints, resolve_checkpoint, verify_checkpoint,
+    write_integrity_record,
+)
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)  # ImageNet statistics on the 0-255 scale
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
@@ -220,7 +223,9 @@ def main(argv=None) -> dict:
     model = build_model(parsed)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate, betas=(0.9, 0.999))
+    groups = param_groups(model, args.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999),
+                                  fused=fused_adamw_supported(p for group in groups for p in group["params"]))
     steps_per_epoch = max(1, math.ceil(max(len(r) for r in data.values()) / (args.per_dataset_batch * accelerator.num_processes)))
     total = args.epochs * steps_per_epoch if not args.max_steps else min(args.max_steps, args.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args, steps_per_epoch))

@@ -52,17 +52,15 @@ import torch
 
 from .. import files
 from ..configuration_s5 import S5Config
-from ..data.band_stats import RawUnitsTransform, compute_band_stats, processor_from_band_stats
-from ..data.folders import CheckedMasks
+from ..data import normalization
 from ..data.images import parse_bands
+from ..data.normalization import Normalization, model_num_channels
 from ..data.streams import DataSource, TrainStream, process_part, read_id2label
 from ..evaluation.protocols import evaluate_sources
-from ..image_processing_s5 import S5_IMAGE_MEAN, S5_IMAGE_STD
 from ..modeling_s5 import S5ForSemanticSegmentation
 from .arguments import (
     MDF_ARGUMENTS, MDFArguments, MDFDataArguments, MDFRunArguments, ModelArguments, S5ArgumentParser, argument_record,
 )
-from .augment import LabeledTransform
 from .loop import (
     MicroBatch, check_task_classes, config_from_arguments, make_accelerator, prepare_training, push_to_hub,
     run_training, start_trackers,
@@ -196,41 +194,14 @@ def parse_args(argv=None) -> MDFRun:
 
 def model_bands(run: MDFRun) -> int:
     """The band count (num_channels) of the model the run will train, read before any weights are loaded."""
-    if run.model.model_name_or_path:
-        return S5Config.from_pretrained(run.model.model_name_or_path).num_channels
-    return int(run.model.overrides().get("num_channels", 3))
+    return model_num_channels(run.model)
 
-def data_normalization(run: MDFRun, num_channels: int):
-    """(processor to save with the model or None for the default 8-bit RGB one, mean, std, raw_units).
 
-    Benchmarks and 8-bit RGB folders use the ImageNet statistics on [0, 1]. Folders of other bands or dtypes get
-    per-band statistics from one streaming pass over their training splits (nodata left out), which the saved
-    processor keeps for inference; all such sources must share one band layout, matching the model's
-    `num_channels`."""
-    layouts = {}
-    for name, source in run.sources.items():
-        if source.kind == "folder":
-            info = source.folder().check()
-            layouts[name] = (info.bands, info.dtype)
-        else:
-            layouts[name] = (3, "uint8")
-    if all(layout == (3, "uint8") for layout in layouts.values()):
-        if num_channels != 3:
-            raise ValueError(f"The data is 8-bit RGB but the model takes {num_channels} bands (num_channels).")
-        return None, S5_IMAGE_MEAN, S5_IMAGE_STD, False
-    if len(set(layouts.values())) > 1:
-        raise ValueError(f"One model normalises one band layout; the datasets differ (bands, dtype): {layouts}.")
-    bands, dtype = next(iter(layouts.values()))
-    if num_channels != bands:
-        raise ValueError(f"The data has {bands} bands but the model takes {num_channels} (num_channels): "
-                         "build the model with num_channels set to the data's band count.")
-    stats = compute_band_stats(
-        (item for name, source in run.sources.items() for item in source.folder().iter_images(run.train_splits[name])),
-        percentiles=tuple(run.data.clip_percentiles) or None)
-    logging.getLogger(__name__).info("Band statistics over %d images (%s): mean %s, std %s", stats.images,
-                                     stats.dtype, stats.mean, stats.std)
-    processor = processor_from_band_stats(stats)
-    return processor, stats.mean, stats.std, True
+def data_normalization(run: MDFRun, num_channels: int) -> Normalization:
+    """(processor to save with the model or None for the default 8-bit RGB one, mean, std, raw_units) of the run's
+    training data: `s5_hf.data.normalization.data_normalization` of its sources and training splits."""
+    return normalization.data_normalization(run.sources, run.train_splits, num_channels,
+                                            tuple(run.data.clip_percentiles) or None)
 
 
 def build_model(run: MDFRun, *, lora: bool | None = None) -> S5ForSemanticSegmentation:
@@ -293,7 +264,8 @@ def main(argv=None) -> dict:
     run = parse_args(argv)
     data, training = run.data, run.training
     # Data checks and band statistics come first: a bad dataset stops the run before its output folder exists.
-    processor, mean, std, raw_units = data_normalization(run, model_bands(run))
+    norm = data_normalization(run, model_bands(run))
+    processor = norm.processor
     session = make_accelerator(training, run.record())
     accelerator = session.accelerator
     torch.manual_seed(training.seed)
@@ -305,12 +277,7 @@ def main(argv=None) -> dict:
     crop = training.crop_size
 
     def transform(name: str, source: DataSource):
-        labeled = LabeledTransform(crop, tuple(data.ratio_range), mean=mean, std=std)
-        labeled = RawUnitsTransform(labeled, processor=processor) if raw_units else labeled
-        task = source.task()
-        if source.kind in ("shards", "hub"):  # folders check their masks when read
-            labeled = CheckedMasks(labeled, task.num_labels, task.ignore_index, f"{name}={source.location}")
-        return labeled
+        return norm.labeled_transform(crop, data.ratio_range, source, name)
 
     rank, world = accelerator.process_index, accelerator.num_processes
     streams = {

@@ -16,6 +16,17 @@ draw on every process. Data sources: see `s5_hf.data.streams` (benchmark layouts
 With `--gradient_accumulation_steps N` each step accumulates N micro-batches of `--batch_size` (+ as many unlabeled
 ones); loss_x and loss_u each average over the valid pixels of the whole accumulated batch (`s5_hf.training.loop`).
 Options: `s5_hf.training.arguments` (`S4P_ARGUMENTS`).
+
+Your own data (`s5_hf.data.folders`, `s5_hf.data.shards.folder_to_shards`): --labeled may be a folder of image/mask
+pairs or shards of any band count and dtype, --unlabeled a folder (read without its masks:
+`LabeledFolder.load(images_only=True)`; the pairs' masks must exist but are neither read nor checked) or shards.
+Both must have the same band layout. Data other than 8-bit RGB is normalized with per-band statistics of the
+labeled training split only (`s5_hf.data.normalization`; the unlabeled pool is the large one, often too large for
+an extra pass, and the saved processor then matches the data MoE-MDF fine-tunes on), kept in the saved image
+processor and used for evaluation; both streams stay in the data's units through the augmentation, and the strong
+views get band-wise brightness/contrast + blur (`strong_augment_bands`) instead of the RGB colour jitter. Nodata
+pixels (--nodata, the GeoTIFFs' own, a shard card's ``nodata``) are ignored by loss_x (masks) and loss_u (ignore
+mask).
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from ..configuration_s5 import S5Task
+from ..data.images import parse_bands
+from ..data.normalization import band_layout, data_normalization, model_num_channels, nodata_fill
 from ..data.streams import DataSource, TrainStream, process_part, read_id2label
 from ..evaluation.protocols import evaluate_sources
 from ..label_sets import VOID_ID
@@ -33,7 +46,6 @@ from ..modeling_s5 import S5ForSemanticSegmentation
 from .arguments import (
     S4P_ARGUMENTS, ModelArguments, S4PArguments, S4PDataArguments, S4PRunArguments, S5ArgumentParser, argument_record,
 )
-from .augment import LabeledTransform, UnlabeledTransform
 from .loop import (
     MicroBatch, check_task_classes, config_from_arguments, make_accelerator, prepare_training, push_to_hub,
     run_training, start_trackers,
@@ -54,6 +66,7 @@ class S4PRun:
     validation_split: str
     test_split: str
     unlabeled_batch_size: int
+    unlabeled_source: DataSource | None = None
 
     def record(self) -> dict:
         return argument_record(self.model, self.data, self.semi, self.training)
@@ -70,6 +83,11 @@ def parse_args(argv=None) -> S4PRun:
     labeled = DataSource.parse(data.labeled, "isaid")
     if data.labels:
         labeled = dataclasses.replace(labeled, id2label=read_id2label(data.labels))
+    unlabeled = DataSource.parse(data.unlabeled, "rs4p")
+    if (data.nodata is not None or data.bands is not None) and "folder" not in (labeled.kind, unlabeled.kind):
+        raise ValueError(f"--nodata/--bands apply to folders of image/mask pairs; neither {data.labeled} "
+                         f"({labeled.kind}) nor {data.unlabeled} ({unlabeled.kind}) is one.")
+    labeled, unlabeled = (with_folder_options(source, data, training.seed) for source in (labeled, unlabeled))
     train, validation, test = labeled.default_splits()
     return S4PRun(
         model, data, semi, training, labeled,
@@ -77,7 +95,29 @@ def parse_args(argv=None) -> S4PRun:
         validation_split=validation if data.validation_split is None else data.validation_split,
         test_split=test if data.test_split is None else data.test_split,
         unlabeled_batch_size=data.unlabeled_batch_size or data.batch_size,
+        unlabeled_source=unlabeled,
     )
+
+
+def with_folder_options(source: DataSource, data: S4PDataArguments, seed: int) -> DataSource:
+    """`source` with --nodata and --bands when it is a folder of pairs (refused for other kinds)."""
+    options = {}
+    if data.nodata is not None:
+        try:
+            options["nodata"] = float(data.nodata)
+        except ValueError:
+            raise ValueError(f"--nodata: {data.nodata!r} is not a number (e.g. 0 or nan).") from None
+    if data.bands is not None:
+        options["bands"] = parse_bands(data.bands)
+    if source.kind != "folder":
+        return source
+    return dataclasses.replace(source, split_seed=seed, **options)
+
+
+def unlabeled_rows(source: DataSource, split: str):
+    """The unlabeled stream's rows: a folder's without masks (`LabeledFolder.load(images_only=True)`, with their
+    exact ``valid`` nodata mask), other sources' as they are."""
+    return source.folder().load(split, images_only=True) if source.kind == "folder" else source.load(split)
 
 
 def build_model(run: S4PRun, task: str | dict | S5Task) -> S5ForSemanticSegmentation:
@@ -107,9 +147,16 @@ def valid_pixels(labels: torch.Tensor, ignore_index: int | None) -> int:
 def main(argv=None) -> dict:
     run = parse_args(argv)
     data, training = run.data, run.training
+    labeled, unlabeled = run.labeled_source, run.unlabeled_source
+    # Data checks and band statistics come first: a bad dataset stops the run before its output folder exists.
+    norm = data_normalization({labeled.name: labeled}, {labeled.name: run.labeled_split},
+                              model_num_channels(run.model), tuple(data.clip_percentiles) or None)
+    layouts = {data.labeled: band_layout(labeled), data.unlabeled: band_layout(unlabeled)}
+    if len(set(layouts.values())) > 1:
+        raise ValueError(f"The labeled and unlabeled data must have one band layout (bands, dtype): {layouts}.")
+    processor = norm.processor
     session = make_accelerator(training, run.record())
     accelerator = session.accelerator
-    labeled, unlabeled = run.labeled_source, DataSource.parse(data.unlabeled, "rs4p")
     torch.manual_seed(training.seed)  # the same initial weights on every process
     wanted = labeled.task()
     model = build_model(run, wanted)
@@ -121,12 +168,12 @@ def main(argv=None) -> dict:
     ratio_range = tuple(data.ratio_range)
     streams = {
         "labeled": TrainStream(process_part(labeled.load(run.labeled_split, **data.labeled_options), rank, world),
-                               LabeledTransform(crop, ratio_range), data.batch_size, seed=training.seed,
-                               shuffle_buffer=training.shuffle_buffer, num_workers=training.num_workers,
-                               name=data.labeled),
+                               norm.labeled_transform(crop, ratio_range, labeled), data.batch_size,
+                               seed=training.seed, shuffle_buffer=training.shuffle_buffer,
+                               num_workers=training.num_workers, name=data.labeled),
         # Two independent draws of the unlabeled data: u and its CutMix partner u_mix.
-        **{name: TrainStream(process_part(unlabeled.load(data.unlabeled_split), rank, world),
-                             UnlabeledTransform(crop, ratio_range, cutmix_p=run.semi.cutmix_p),
+        **{name: TrainStream(process_part(unlabeled_rows(unlabeled, data.unlabeled_split), rank, world),
+                             norm.unlabeled_transform(crop, ratio_range, run.semi.cutmix_p, nodata_fill(unlabeled)),
                              run.unlabeled_batch_size, seed=training.seed + offset,
                              shuffle_buffer=training.shuffle_buffer, num_workers=training.num_workers,
                              name=data.unlabeled)
@@ -154,12 +201,12 @@ def main(argv=None) -> dict:
     def evaluate():
         return evaluate_sources(model, validation, run.validation_split, crop_size=crop, accelerator=accelerator,
                                 max_samples=training.max_eval_samples, batch_size=training.eval_batch_size,
-                                reader_options={task.name: data.labeled_options})
+                                reader_options={task.name: data.labeled_options}, processor=processor)
 
     def test():
         return evaluate_sources(model, tested, run.test_split, crop_size=crop, accelerator=accelerator,
                                 max_samples=training.max_eval_samples, batch_size=training.eval_batch_size,
-                                reader_options={task.name: data.labeled_options})
+                                reader_options={task.name: data.labeled_options}, processor=processor)
 
     def selection(results) -> float:
         return results[task.name].scores.mean_iou if results else 0.0
@@ -167,7 +214,7 @@ def main(argv=None) -> dict:
     start_trackers(session, "s4p", run.record())
     outcome = run_training(session, model, optimizer, scheduler, training, streams=streams, draw=draw,
                            compute_losses=compute_losses, evaluate=evaluate, selection=selection,
-                           test=test if tested else None)
+                           test=test if tested else None, image_processor=processor)
     if training.push_to_hub:
         outcome["commit_url"] = push_to_hub(accelerator, training, outcome, stage="s4p", run_summary=(
             f"This model was trained by `training/pretrain_s4p.py` for {training.max_train_steps} steps (labeled "
@@ -178,4 +225,5 @@ def main(argv=None) -> dict:
     return outcome
 
 
-__all__ = ["S4PRun", "build_model", "main", "parse_args", "parser", "valid_pixels"]
+__all__ = ["S4PRun", "build_model", "main", "parse_args", "parser", "unlabeled_rows", "valid_pixels",
+           "with_folder_options"]
