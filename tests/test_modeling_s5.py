@@ -429,7 +429,7 @@ def test_training_needs_two_images_per_task_and_says_so_before_the_backbone_runs
         model(images(3), task=["potsdam", "potsdam", "loveda"])
     assert backbone_calls == []  # refused before any compute (a ViT-B forward takes ~50 s on 2 CPU cores)
     model(images(4), task=["potsdam", "loveda"] * 2)
-    assert backbone_calls == [1]
+    assert backbone_calls == [1, 1]  # on CPU a mixed batch runs the backbone once per task
 
 
 def test_every_input_check_runs_before_the_backbone():
@@ -578,3 +578,20 @@ def test_readme_parameter_table_matches_the_recorded_official_and_paper_counts()
     with torch.device("meta"):  # and the code builds the ViT-B numbers of the table
         assert sum(p.numel() for p in S5ForSemanticSegmentation(
             S5Config.from_preset("vit-b", tasks=list(MDF_TASKS))).parameters()) == rows["vit-b"][1]
+
+
+def test_mixed_batch_task_by_task_equals_one_forward(monkeypatch):
+    """On CPU a mixed batch runs the backbone one task at a time; GPUs run one forward of the whole batch. Both paths
+    give the same logits, losses and pooled outputs in the caller's row order."""
+    model = tiny_model().eval()
+    pixels, tasks = images(5), ["loveda", "potsdam", "loveda", "vaihingen", "potsdam"]
+    labels = torch.randint(0, 5, (5, 64, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        split = model(pixels, task=tasks, labels=labels)
+        monkeypatch.setattr(type(model), "_task_by_task", lambda self, *args: False)
+        whole = model(pixels, task=tasks, labels=labels)
+    torch.testing.assert_close(split.logits, whole.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.pooler_output, whole.pooler_output, atol=1e-6, rtol=1e-5)
+    assert split.task_losses.keys() == whole.task_losses.keys()
+    for name in split.task_losses:
+        torch.testing.assert_close(split.task_losses[name], whole.task_losses[name])

@@ -458,3 +458,21 @@ def test_hub_sources_parse_their_builder_features_with_the_same_rule(monkeypatch
     monkeypatch.setattr(streams, "hub_features", offline)
     with pytest.raises(ValueError, match=r"fields=org/fields: its classes are unknown .*offline.*pass --labels"):
         streams.DataSource.parse("fields=org/fields").task()
+
+
+def test_hub_sources_of_band_arrays_take_their_layout_from_the_declared_features(monkeypatch):
+    """A Hub dataset of N-band arrays is normalized with its own band statistics, never as 8-bit RGB."""
+    from s5_hf.data import normalization, streams
+
+    def fake_hub_features(repo_id):  # the real one asks the Hub (datasets.load_dataset_builder)
+        return datasets.Features({"image": datasets.Array3D((64, 64, 4), "uint16"),
+                                  "mask": datasets.Array2D((64, 64), "uint8")})
+
+    monkeypatch.setattr(streams, "hub_features", fake_hub_features)
+    assert normalization.band_layout(streams.DataSource.parse("fields=org/fields")) == (4, "uint16")
+
+    def offline(repo_id):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(streams, "hub_features", offline)
+    assert normalization.band_layout(streams.DataSource.parse("fields=org/fields")) == normalization.RGB8

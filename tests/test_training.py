@@ -685,7 +685,7 @@ def test_report_to_names_a_missing_tracker_package(monkeypatch):
 def test_cpu_training_limits_heap_fragmentation(monkeypatch):
     import platform
 
-    from s5_hf.training.loop import MMAP_THRESHOLD, limit_heap_fragmentation
+    from s5_hf.heap import MMAP_THRESHOLD, limit_heap_fragmentation
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     expected = MMAP_THRESHOLD if platform.libc_ver()[0] == "glibc" else None

@@ -35,14 +35,25 @@ logger = logging.getLogger(__name__)
 
 
 def band_layout(source) -> tuple[int, str]:
-    """(bands, dtype) of a `DataSource`'s images: a folder's headers (`LabeledFolder.check`), a shard folder's
-    Array3D image feature (`folder_to_shards`); 8-bit RGB for benchmarks, Hub ids and shards of encoded images."""
+    """(bands, dtype) of a `DataSource`'s images: a folder's headers (`LabeledFolder.check`), the Array3D image
+    feature of a shard folder (`folder_to_shards`) or of a Hub dataset (its declared features); 8-bit RGB for
+    benchmarks and for shards or Hub datasets of encoded images."""
     kind = source.kind
     if kind == "folder":
         info = source.folder().check()
         return info.bands, info.dtype
-    if kind == "shards":
-        image = (shard_features(source.location) or {}).get("image")
+    if kind in ("shards", "hub"):
+        if kind == "shards":
+            features = shard_features(source.location)
+        else:
+            from .streams import hub_features  # streams imports this module's users; imported when needed
+
+            try:
+                features = hub_features(source.location)
+            except (OSError, ValueError) as error:  # the data cannot be streamed either: loading it will say why
+                logger.warning("%s: features not readable (%s); taking its images as 8-bit RGB.", source.location, error)
+                features = None
+        image = (features or {}).get("image")
         if isinstance(image, datasets.Array3D):
             return int(image.shape[2]), str(image.dtype)
     return RGB8

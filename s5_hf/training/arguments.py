@@ -126,10 +126,10 @@ class RunArguments:
     gradient_checkpointing: bool = field(default=False, metadata=_option(
         "Recompute every backbone block in the backward pass (transformers' name; the same as "
         "--activation_checkpointing block)."))
-    activation_checkpointing: str = field(default="none", metadata=_option(
+    activation_checkpointing: str | None = field(default=None, metadata=_option(
         "What the backbone recomputes in the backward pass instead of keeping it: none, elementwise, attention, mlp "
         "or block, optionally ':k' for every k-th block (e.g. block:2). Same loss and gradients, less memory, more "
-        "time: see benchmarks/TRAINING_MEMORY.md."))
+        "time: see benchmarks/TRAINING_MEMORY.md. Default: block, as the official runs (none with --lora)."))
     torch_compile: bool = field(default=False, metadata=_option(
         "Compile the model (forward, and the backward through AOTAutograd) with torch.compile, in place: saved "
         "folders and checkpoints are unchanged. Compilation takes minutes first, and again for each new task pattern "
@@ -156,17 +156,20 @@ class RunArguments:
         self.checkpointing_mode()
 
     def checkpointing_mode(self) -> str:
-        """The one activation checkpointing mode of --activation_checkpointing / --gradient_checkpointing."""
+        """The one activation checkpointing mode of --activation_checkpointing / --gradient_checkpointing ("block"
+        when neither is given)."""
         from ..modeling_s5 import parse_activation_checkpointing
 
         try:
-            parse_activation_checkpointing(self.activation_checkpointing)
+            parse_activation_checkpointing(self.activation_checkpointing or "block")
         except ValueError as error:
             raise ValueError(f"--activation_checkpointing: {error}") from None
-        if self.gradient_checkpointing and self.activation_checkpointing not in ("none", "block"):
+        if self.gradient_checkpointing and self.activation_checkpointing not in (None, "none", "block"):
             raise ValueError(f"--gradient_checkpointing (every block) contradicts --activation_checkpointing "
                              f"{self.activation_checkpointing}: give one of them.")
-        return "block" if self.gradient_checkpointing else self.activation_checkpointing
+        if self.gradient_checkpointing or self.activation_checkpointing is None:
+            return "block"
+        return self.activation_checkpointing
 
 
 @dataclass(kw_only=True)

@@ -53,6 +53,7 @@ from .. import files
 from ..configuration_s5 import S5Config
 from ..image_processing_s5 import S5ImageProcessor
 from ..evaluation.metrics import save_confusion_matrix_png
+from ..heap import limit_heap_fragmentation
 from ..precision import check_accelerate_precision
 from ..visualize import line_chart, save_png
 
@@ -98,27 +99,6 @@ def trackers_for(report_to: str) -> list:
         raise ImportError(f"--report_to {report_to} needs the {report_to} package, which is not installed: "
                           f"pip install {package}, or pass --report_to none.")
     return [report_to]
-
-
-# glibc serves the step's many 1-30 MB activations from a heap that freeing fragments, so the process keeps
-# growing; allocating blocks of 128 KiB and more with mmap returns them on free. Measured on the ViT-B MDF and S4P
-# steps: 0.6 and 1.0 GB lower peaks at the same speed (benchmarks/TRAINING_MEMORY.md).
-MMAP_THRESHOLD = 128 * 1024
-
-
-def limit_heap_fragmentation() -> int | None:
-    """Set glibc's mmap threshold to `MMAP_THRESHOLD` (CPU training); returns it, or None where it does not apply
-    (not glibc) or the user chose their own (the `MALLOC_MMAP_THRESHOLD_` environment variable)."""
-    import ctypes
-    import platform
-
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
-        return None
-    m_mmap_threshold = -3  # mallopt's parameter number, from glibc's malloc.h
-    if ctypes.CDLL(None).mallopt(m_mmap_threshold, MMAP_THRESHOLD) != 1:
-        logger.warning("glibc refused mallopt(M_MMAP_THRESHOLD, %d); the heap keeps its default.", MMAP_THRESHOLD)
-        return None
-    return MMAP_THRESHOLD
 
 
 def make_accelerator(training, arguments: Mapping[str, Any]) -> Session:

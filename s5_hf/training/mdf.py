@@ -185,6 +185,8 @@ def parse_args(argv=None) -> MDFRun:
     if mdf.train_only_new and (mdf.lora or not model.model_name_or_path):
         raise ValueError("--train_only_new extends a trained multi-task model: it needs --model_name_or_path and "
                          "cannot be combined with --lora.")
+    if mdf.lora and training.activation_checkpointing is None and not training.gradient_checkpointing:
+        training = dataclasses.replace(training, activation_checkpointing="none")  # the default where it can apply
     if mdf.lora and training.checkpointing_mode() != "none":
         raise ValueError("--gradient_checkpointing / --activation_checkpointing cannot be combined with --lora: the "
                          "backward would recompute every dataset's forward with the adapter of the last one.")
