@@ -450,23 +450,33 @@ class S5ChannelLayerNorm(nn.LayerNorm):
 
 class S5Upsample2x(nn.ConvTranspose2d):
     """The neck's ConvTranspose2d(kernel 2, stride 2), computed as matrix products: each input pixel makes its own
-    2x2 output patch, so output pixel (2y + i, 2x + j) is (pixel (y, x)) @ weight[:, :, i, j] + bias. Same
-    parameters and outputs as the library layer, at the matmul rate (the library's transposed convolution ran at a
-    fifth of it on CPU). One product per (i, j), written into its pixels of the output, keeps the temporary at a
-    quarter of the output. The output is NCHW in channels-last memory, the layout the following layer norm and
-    convolutions read without copies."""
+    2x2 output patch, so output pixel (2y + i, 2x + j) is pixel (y, x) @ weight[:, :, i, j] + bias. Same parameters
+    and outputs as the library layer, at the matmul rate (the library's transposed convolution ran its backward at a
+    fifth of it on CPU). The output is NCHW in channels-last memory, the layout the following layer norm and
+    convolutions read without copies.
+
+    Training: one product for the four (i, j), then one rearranging copy; its backward is two products. Without
+    gradients: one product per (i, j) written into its pixels of the output, so the temporary is a quarter of the
+    output instead of all of it (with gradients, autograd would copy the whole output gradient for every slice)."""
 
     def __init__(self, channels: int):
         super().__init__(channels, channels, kernel_size=2, stride=2)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = hidden_states.shape
+        out_channels = self.out_channels
         pixels = hidden_states.permute(0, 2, 3, 1).reshape(-1, channels)
-        out = pixels.new_empty(batch, 2 * height, 2 * width, self.out_channels)
-        for i in range(2):
-            for j in range(2):
-                patch = torch.addmm(self.bias, pixels, self.weight[:, :, i, j])
-                out[:, i::2, j::2] = patch.view(batch, height, width, self.out_channels)
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad):
+            patches = torch.addmm(self.bias.repeat_interleave(4), pixels,
+                                  self.weight.reshape(channels, out_channels * 4))
+            patches = patches.view(batch, height, width, out_channels, 2, 2).permute(0, 1, 4, 2, 5, 3)
+            out = patches.reshape(batch, 2 * height, 2 * width, out_channels)
+        else:
+            out = pixels.new_empty(batch, 2 * height, 2 * width, out_channels)
+            for i in range(2):
+                for j in range(2):
+                    patch = torch.addmm(self.bias, pixels, self.weight[:, :, i, j])
+                    out[:, i::2, j::2] = patch.view(batch, height, width, out_channels)
         return out.permute(0, 3, 1, 2)
 
 

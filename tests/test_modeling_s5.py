@@ -595,3 +595,28 @@ def test_mixed_batch_task_by_task_equals_one_forward(monkeypatch):
     assert split.task_losses.keys() == whole.task_losses.keys()
     for name in split.task_losses:
         torch.testing.assert_close(split.task_losses[name], whole.task_losses[name])
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_neck_upsampling_equals_the_transposed_convolution(grad):
+    """`S5Upsample2x` (matmuls; one path with gradients, one without) computes nn.ConvTranspose2d(2, stride 2): the
+    same outputs and, in training, the same gradients."""
+    from s5_hf.modeling_s5 import S5Upsample2x
+
+    torch.manual_seed(0)
+    layer = S5Upsample2x(8)
+    torch.nn.init.normal_(layer.bias)
+    reference = torch.nn.ConvTranspose2d(8, 8, kernel_size=2, stride=2)
+    reference.load_state_dict(layer.state_dict())
+    tokens = torch.randn(2, 6 * 5, 8)  # the neck's input: stage tokens viewed as a channels-last NCHW map
+    x = tokens.transpose(1, 2).reshape(2, 8, 6, 5).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out, expected = layer(x), reference(x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out.shape == (2, 8, 12, 10)
+    if grad:
+        weights = torch.randn_like(expected)
+        ours = torch.autograd.grad((out * weights).sum(), [x, layer.weight, layer.bias])
+        theirs = torch.autograd.grad((expected * weights).sum(), [x, reference.weight, reference.bias])
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
