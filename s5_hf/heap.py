@@ -3,7 +3,7 @@
 glibc serves a forward's many 1-30 MB activations from a heap that freeing fragments, so the process keeps growing;
 allocating blocks of 128 KiB and more with mmap returns them on free. Measured (benchmarks/TRAINING_MEMORY.md,
 bench_model.py --mixed-only): the ViT-B MDF and S4P training steps peak 0.6 and 1.0 GB lower at the same speed,
-ViT-B inference of 8 images 90 MB lower. The training programs and `s5-segment` set it on CPU; a library call
+ViT-B inference of 8 images 90-140 MB lower. The training programs and `s5-segment` set it on CPU; a library call
 never does (it is process-wide).
 """
 
