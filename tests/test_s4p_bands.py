@@ -4,6 +4,7 @@ run on 4-band uint16 folders/shards whose saved processor holds the labeled data
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from s5_hf import S5ForSemanticSegmentation, S5ImageProcessor
 from s5_hf.data.band_stats import compute_band_stats
-from s5_hf.data.folders import LabeledFolder
+from s5_hf.data.folders import DataFileError, LabeledFolder
 from s5_hf.data.normalization import data_normalization, nodata_fill
 from s5_hf.data.streams import DataSource
 from s5_hf.data.synthetic import make_fake_labeled_folder
@@ -130,7 +131,7 @@ def test_a_nodata_only_window_adds_nothing_to_the_unlabeled_loss(tmp_path):
 
 
 # ---- a tiny S4P run ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("unlabeled_kind", ["folder", "shards"])
+@pytest.mark.parametrize("unlabeled_kind", ["folder", "images", "shards"])
 def test_s4p_on_four_band_uint16_folders_saves_the_band_statistics(tmp_path, unlabeled_kind):
     from s5_hf.data.shards import folder_to_shards
     from s5_hf.training import s4p
@@ -141,6 +142,8 @@ def test_s4p_on_four_band_uint16_folders_saves_the_band_statistics(tmp_path, unl
                                          nodata=0, nodata_border=16, seed=5)
     (unlabeled / "id2label.json").unlink()  # an unlabeled folder needs no classes: its masks are not read
     location = unlabeled
+    if unlabeled_kind == "images":  # an unlabeled pool as it usually comes: images/ without masks/
+        shutil.rmtree(unlabeled / "masks")
     if unlabeled_kind == "shards":
         location = tmp_path / "pool_shards"
         folder_to_shards(LabeledFolder(unlabeled, "pool", id2label={0: "a", 1: "b", 2: "c", 3: "d"}), location)
@@ -185,3 +188,21 @@ def test_s4p_refuses_unlabeled_data_of_another_band_layout(tmp_path):
     with pytest.raises(ValueError, match="--nodata: 'zero' is not a number"):
         s4p.parse_args(["--labeled", f"fields={labeled}", "--unlabeled", f"pool={pool}", "--output_dir", str(out),
                         "--nodata", "zero"])
+
+
+def test_a_folder_of_images_without_masks_is_refused_as_labeled_data(tmp_path):
+    from s5_hf.data.streams import DataSource
+    from s5_hf.training import s4p
+
+    pool = make_fake_labeled_folder(tmp_path / "pool", num_images=2, size=32, bands=4, dtype="uint16")
+    shutil.rmtree(pool / "masks")
+    with pytest.raises(ValueError, match=r"pool=.*has no mask: a folder of images/ without masks/ is unlabeled data"):
+        DataSource("pool", str(pool)).task()
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="is unlabeled data"):
+        s4p.main(["--labeled", f"pool={pool}", "--unlabeled", f"pool={pool}", "--output_dir", str(out),
+                  "--config_overrides", json.dumps({**TINY, "num_channels": 4}), "--crop_size", "32",
+                  "--max_train_steps", "1"])
+    assert not out.exists()  # refused before the run folder is made
+    with pytest.raises(DataFileError, match="no mask: .* usable only as unlabeled data"):
+        next(iter(LabeledFolder(pool, "pool", id2label={0: "a"}).load("train")))

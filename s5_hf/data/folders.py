@@ -5,6 +5,8 @@ Layouts accepted as the LOCATION of a ``NAME=LOCATION`` source (see `s5_hf.data.
 - ``LOCATION/images/`` + ``LOCATION/masks/``: pairs matched by file stem (path below the folder, without the
   extension); every image needs a mask and every mask an image.
 - ``LOCATION/train/{images,masks}`` and optionally ``LOCATION/val/{images,masks}``: the splits as given.
+- ``LOCATION/images/`` (or ``LOCATION/train/images``) without masks: unlabeled images, for S4P's unlabeled stream
+  (`load(split, images_only=True)`); reading such a folder as labeled data is a `DataFileError` naming the image.
 - a CSV file (LOCATION itself, or the single ``*.csv`` in the folder) with columns ``image`` and ``mask`` (paths
   relative to the CSV's folder) and optionally ``split`` (train/val).
 
@@ -77,7 +79,7 @@ class RasterInfo:
 @dataclass(frozen=True)
 class Pair:
     image: Path
-    mask: Path
+    mask: Path | None  # None: an unlabeled image (a folder of images/ without masks/)
     id: str
 
 
@@ -252,6 +254,8 @@ def _stems(folder: Path) -> dict[str, Path]:
 
 
 def _folder_pairs(folder: Path) -> list[Pair]:
+    if not (folder / "masks").is_dir():  # unlabeled images
+        return [Pair(path, None, stem) for stem, path in _stems(folder / "images").items()]
     images, masks = _stems(folder / "images"), _stems(folder / "masks")
     for stem, path in images.items():
         if stem not in masks:
@@ -283,7 +287,7 @@ def find_pairs(location: str | os.PathLike) -> dict[str, list[Pair]]:
     location = Path(location)
     if location.is_file() and location.suffix.lower() == ".csv":
         return _csv_pairs(location)
-    if (location / "images").is_dir() and (location / "masks").is_dir():
+    if (location / "images").is_dir():
         return {"all": _folder_pairs(location)}
     split_folders = {s: location / s for s in ("train", "val") if (location / s / "images").is_dir()}
     if split_folders:
@@ -299,8 +303,7 @@ def is_labeled_folder(location: str | os.PathLike) -> bool:
     location = Path(location)
     if location.is_file():
         return location.suffix.lower() == ".csv"
-    return ((location / "images").is_dir() and (location / "masks").is_dir()) or (
-        location / "train" / "images").is_dir()
+    return (location / "images").is_dir() or (location / "train" / "images").is_dir()
 
 
 def read_id2label(path: str | os.PathLike) -> dict[int, str]:
@@ -354,6 +357,11 @@ class LabeledFolder:
         self.splits = found
         self._checked: RasterInfo | None = None
 
+    @property
+    def unlabeled(self) -> list[Pair]:
+        """The images without a mask (all of them for images/ without masks/; none otherwise)."""
+        return [p for pairs in self.splits.values() for p in pairs if p.mask is None]
+
     def pairs(self, split: str) -> list[Pair]:
         out = []
         for part in split.split("+"):
@@ -370,9 +378,10 @@ class LabeledFolder:
             return self._checked
         first: RasterInfo | None = None
         for pair in (p for pairs in self.splits.values() for p in pairs):
-            image, mask = raster_info(pair.image, self.bands), raster_info(pair.mask)
+            image = raster_info(pair.image, self.bands)
             if image.dtype not in SUPPORTED_DTYPES:
                 raise DataFileError(pair.image, f"dtype {image.dtype} is not supported ({', '.join(SUPPORTED_DTYPES)})")
+            mask = image if pair.mask is None else raster_info(pair.mask)
             if (image.height, image.width) != (mask.height, mask.width):
                 raise DataFileError(pair.mask, f"mask is {mask.height}x{mask.width} but its image {pair.image} is "
                                                f"{image.height}x{image.width}")
@@ -393,6 +402,9 @@ class LabeledFolder:
         if self.id2label is None:
             raise ValueError(f"{self.name}={self.location}: class names unknown: pass --labels {self.name}="
                              "id2label.json or put an id2label.json in the folder.")
+        if pair.mask is None:
+            raise DataFileError(pair.image, f"no mask: {self.location} holds unlabeled images (images/ without "
+                                            "masks/), usable only as unlabeled data (S4P --unlabeled)")
         pixels, invalid = read_image(pair.image, self.nodata, self.bands)
         values, mask_nodata = read_mask(pair.mask)
         if values.shape != pixels.shape[:2]:

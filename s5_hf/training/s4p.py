@@ -19,7 +19,7 @@ Options: `s5_hf.training.arguments` (`S4P_ARGUMENTS`).
 
 Your own data (`s5_hf.data.folders`, `s5_hf.data.shards.folder_to_shards`): --labeled may be a folder of image/mask
 pairs or shards of any band count and dtype, --unlabeled a folder (read without its masks:
-`LabeledFolder.load(images_only=True)`; the pairs' masks must exist but are neither read nor checked) or shards.
+`LabeledFolder.load(images_only=True)`: images/ alone, or pairs whose masks are then not read) or shards.
 Both must have the same band layout. Data other than 8-bit RGB is normalized with per-band statistics of the
 labeled training split only (`s5_hf.data.normalization`; the unlabeled pool is the large one, often too large for
 an extra pass, and the saved processor then matches the data MoE-MDF fine-tunes on), kept in the saved image
