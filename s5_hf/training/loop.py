@@ -268,8 +268,8 @@ def config_from_arguments(model_arguments, tasks: Sequence[Any], **fields: Any) 
 
 def prepare_training(accelerator: Accelerator, model: torch.nn.Module, args):
     """Gradient checkpointing, SyncBatchNorm and torch.compile as asked, the optimiser and schedule, and
-    `accelerator.prepare`. The schedule is stepped once per optimiser step and checkpointed with the state (accelerate's prepared
-    schedulers step once per process instead). Returns `(model, optimizer, scheduler)`."""
+    `accelerator.prepare`. The schedule is stepped once per optimiser step and checkpointed with the state
+    (accelerate's prepared schedulers step once per process instead). Returns `(model, optimizer, scheduler)`."""
     if args.checkpointing_mode() != "none":
         model.set_activation_checkpointing(args.checkpointing_mode())
     if args.sync_bn and accelerator.num_processes > 1:
