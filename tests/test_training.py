@@ -501,6 +501,10 @@ def test_mdf_keeps_the_best_scoring_steps_model(data, tmp_path, monkeypatch):
                                      "--max_eval_samples", "1", "--validation_splits", "potsdam=",
                                      "--test_splits", "vaihingen=", "potsdam="))
     assert outcome["best_step"] == 2 and json.loads((out / "results.json").read_text())["best_step"] == 2
+    from s5_hf.files import read_manifest
+
+    # The run's record names the checkpointing that ran: the default, block (as the official runs).
+    assert read_manifest(out)["sessions"][-1]["arguments"]["activation_checkpointing"] == "block"
     best = load_file(out / "best" / "model.safetensors")
     for step, same in ((2, True), (3, False)):
         saved = load_file(out / f"checkpoint-{step:06d}" / "model" / "model.safetensors")

@@ -126,6 +126,8 @@ def make_accelerator(training, arguments: Mapping[str, Any]) -> Session:
     if accelerator.device.type == "cpu":
         limit_heap_fragmentation()
     record = {**arguments, "mixed_precision": mixed_precision}
+    if hasattr(training, "checkpointing_mode"):  # what runs, also when the default applies
+        record["activation_checkpointing"] = training.checkpointing_mode()
     run_folder = RunFolder.open(accelerator, training.output_dir, arguments=record,
                                 resume_from_checkpoint=training.resume_from_checkpoint,
                                 overwrite=training.overwrite_output_dir)
