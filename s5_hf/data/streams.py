@@ -127,16 +127,16 @@ class DataSource:
            `class_names_from_features` for the rule."""
         if self.id2label is None and self.name in BENCHMARKS:
             return S5Task.parse(self.name)
-        if self.kind == "folder" and self.folder().unlabeled:
-            first = self.folder().unlabeled[0].image
-            raise ValueError(f"Data source {self.name}={self.location}: {first} (and the folder's other images) has no "
-                             "mask: a folder of images/ without masks/ is unlabeled data (S4P --unlabeled), it cannot "
-                             "train a head.")
+        kind = self.kind
+        folder = self.folder() if kind == "folder" else None
+        if folder is not None and folder.unlabeled:
+            raise ValueError(f"Data source {self.name}={self.location}: {folder.unlabeled[0].image} (and the folder's "
+                             "other images) has no mask: a folder of images/ without masks/ is unlabeled data (S4P "
+                             "--unlabeled), it cannot train a head.")
         id2label, ignore_index = self.id2label, self.ignore_index
         if id2label is None:
-            kind = self.kind
-            if kind == "folder":
-                id2label = self.folder().id2label
+            if folder is not None:
+                id2label = folder.id2label
             elif kind == "shards":
                 table = Path(self.location) / "id2label.json"
                 metadata = card_metadata(self.location)
