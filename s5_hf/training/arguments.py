@@ -179,11 +179,18 @@ class DataArguments:
     batch_size: int = field(default=12, metadata=_option("Images per process and micro-batch."))
     ratio_range: list[float] = field(default_factory=lambda: [0.5, 2.0], metadata=_option(
         "Random rescale range (two numbers).", nargs=2))
+    clip_percentiles: list[float] = field(default_factory=list, metadata=_option(
+        "LOW HIGH, e.g. 2 98: for data other than 8-bit RGB, clip each band to these percentiles of the training "
+        "images (S4P: the labeled ones; one streaming pass, stored in the saved image processor) before "
+        "normalizing; default: no clipping.", nargs=2))
 
     def __post_init__(self):
         self.ratio_range = [float(v) for v in self.ratio_range]
         if len(self.ratio_range) != 2:
             raise ValueError(f"--ratio_range takes two numbers, got {self.ratio_range}.")
+        self.clip_percentiles = [float(v) for v in self.clip_percentiles]
+        if self.clip_percentiles and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
+            raise ValueError(f"--clip_percentiles needs 0 <= LOW < HIGH <= 100, got {self.clip_percentiles}.")
 
 
 # ---- S4P ---------------------------------------------------------------------------------------------------------
@@ -214,18 +221,12 @@ class S4PDataArguments(DataArguments):
     bands: str | None = field(default=None, metadata=_option(
         "The bands of folder sources (--labeled and --unlabeled) to train on, by 1-based number or GeoTIFF band "
         "description (e.g. 4,3,2 or red,green,blue); default: all bands."))
-    clip_percentiles: list[float] = field(default_factory=list, metadata=_option(
-        "LOW HIGH, e.g. 2 98: for data other than 8-bit RGB, clip each band to these percentiles of the labeled "
-        "training images (stored in the saved image processor) before normalizing; default: no clipping.", nargs=2))
     batch_size: int = field(default=12, metadata=_option("Labeled images per process and micro-batch."))
     unlabeled_batch_size: int | None = field(default=None, metadata=_option("Default: --batch_size."))
 
     def __post_init__(self):
         super().__post_init__()
         self.labeled_options = json_object(self.labeled_options, "labeled_options")
-        self.clip_percentiles = [float(v) for v in self.clip_percentiles]
-        if self.clip_percentiles and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
-            raise ValueError(f"--clip_percentiles needs 0 <= LOW < HIGH <= 100, got {self.clip_percentiles}.")
 
 
 @dataclass(kw_only=True)
@@ -277,17 +278,11 @@ class MDFDataArguments(DataArguments):
     bands: list[str] = field(default_factory=list, metadata=_option(
         "SPEC or NAME=SPEC: the bands of folder datasets to train on, by 1-based number or GeoTIFF band description "
         "(e.g. 4,3,2 or red,green,blue); default: all bands.", nargs="*"))
-    clip_percentiles: list[float] = field(default_factory=list, metadata=_option(
-        "LOW HIGH, e.g. 2 98: for data other than 8-bit RGB, clip each band to these percentiles of the training "
-        "images (one streaming pass, stored in the saved image processor) before normalizing; default: no clipping.",
-        nargs=2))
     batch_size: int = field(default=12, metadata=_option("Images per dataset, process and micro-batch."))
 
     def __post_init__(self):
         super().__post_init__()
         self.reader_options = json_object(self.reader_options, "reader_options")
-        if self.clip_percentiles and not 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100:
-            raise ValueError(f"--clip_percentiles needs 0 <= LOW < HIGH <= 100, got {self.clip_percentiles}.")
         for name in ("train_datasets", "train_splits", "validation_splits", "test_splits", "labels", "ignore_index",
                      "nodata", "validation_split", "bands"):
             value = getattr(self, name)
