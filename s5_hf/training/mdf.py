@@ -54,7 +54,7 @@ from .. import files
 from ..configuration_s5 import S5Config
 from ..data import normalization
 from ..data.images import parse_bands
-from ..data.normalization import Normalization, model_num_channels
+from ..data.normalization import model_num_channels
 from ..data.streams import DataSource, TrainStream, process_part, read_id2label
 from ..evaluation.protocols import evaluate_sources
 from ..modeling_s5 import S5ForSemanticSegmentation
@@ -194,18 +194,6 @@ def parse_args(argv=None) -> MDFRun:
                   loss_start)
 
 
-def model_bands(run: MDFRun) -> int:
-    """The band count (num_channels) of the model the run will train, read before any weights are loaded."""
-    return model_num_channels(run.model)
-
-
-def data_normalization(run: MDFRun, num_channels: int) -> Normalization:
-    """(processor to save with the model or None for the default 8-bit RGB one, mean, std, raw_units) of the run's
-    training data: `s5_hf.data.normalization.data_normalization` of its sources and training splits."""
-    return normalization.data_normalization(run.sources, run.train_splits, num_channels,
-                                            tuple(run.data.clip_percentiles) or None)
-
-
 def build_model(run: MDFRun, *, lora: bool | None = None) -> S5ForSemanticSegmentation:
     """The model the run trains (with `--lora`, `build_lora_model`'s); `lora=False` builds the model without
     adapters whatever the options say."""
@@ -266,7 +254,8 @@ def main(argv=None) -> dict:
     run = parse_args(argv)
     data, training = run.data, run.training
     # Data checks and band statistics come first: a bad dataset stops the run before its output folder exists.
-    norm = data_normalization(run, model_bands(run))
+    norm = normalization.data_normalization(run.sources, run.train_splits, model_num_channels(run.model),
+                                            tuple(data.clip_percentiles) or None)
     processor = norm.processor
     session = make_accelerator(training, run.record())
     accelerator = session.accelerator
@@ -353,6 +342,5 @@ def main(argv=None) -> dict:
     return outcome
 
 
-__all__ = ["MDFRun", "SELECTION_TASKS", "build_lora_model", "build_model", "data_normalization", "main",
-           "model_bands", "name_values", "only_new_tasks", "parse_args", "parser", "per_dataset",
-           "with_dataset_options"]
+__all__ = ["MDFRun", "SELECTION_TASKS", "build_lora_model", "build_model", "main", "name_values", "only_new_tasks",
+           "parse_args", "parser", "per_dataset", "with_dataset_options"]
