@@ -1,10 +1,12 @@
 """The process's C heap on CPU: glibc settings for runs whose tensors are many and large.
 
 glibc serves a forward's many 1-30 MB activations from a heap that freeing fragments, so the process keeps growing;
-allocating blocks of 128 KiB and more with mmap returns them on free. Measured (benchmarks/TRAINING_MEMORY.md,
-bench_model.py --mixed-only): the ViT-B MDF and S4P training steps peak 0.6 and 1.0 GB lower at the same speed,
-ViT-B inference of 8 images 90-140 MB lower. The training programs and `s5-segment` set it on CPU; a library call
-never does (it is process-wide).
+allocating blocks of 128 KiB and more with mmap returns them on free. The price is page faults: every new tensor
+starts on fresh pages the kernel zeroes. Measured (benchmarks/TRAINING_MEMORY.md, third measurement): the ViT-B MDF
+training step in `block` checkpointing peaks at 2,874 MB instead of 3,371 MB, at 11.8-12.0 s instead of 10.9 s; the
+S4P step peaks 1.0 GB lower without checkpointing. Memory comes first here (an out-of-memory run is lost; a slower one
+is not). The training programs and `s5-segment` set it on CPU; a library call never does (it is process-wide).
+Setting `MALLOC_MMAP_THRESHOLD_` (bytes) yourself keeps your choice, e.g. 33554432 for speed over memory.
 """
 
 from __future__ import annotations

@@ -326,10 +326,16 @@ class S5DropPath(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return hidden_states
+        return hidden_states * self.scale(hidden_states)
+
+    def scale(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """The per-sample factor (0 or 1 / keep probability, broadcastable to `hidden_states`), or None when
+        inactive."""
+        if self.drop_prob == 0.0 or not self.training:
+            return None
         keep_prob = 1 - self.drop_prob
         shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-        return hidden_states * mask / keep_prob
+        return hidden_states.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
 
     def extra_repr(self) -> str:
         return f"p={self.drop_prob}"
@@ -363,11 +369,25 @@ class S5MLP(nn.Module):
                 out[rows, :, split:] = self.experts[task](inner)
             return out
         hidden_states = self.act(self.fc1(hidden_states))
-        shared = self.fc2(hidden_states)
         if self.experts is None:
-            return shared
+            return self.fc2(hidden_states)
+        if routing.single and _plain_linear(self.fc2) and _plain_linear(self.experts[routing.groups[0][0]]):
+            # One task: one product with the shared and expert rows stacked. Two products and a concatenation
+            # would copy the output once more, and the backward pass would sum two (rows, tokens, intermediate)
+            # input gradients.
+            expert = self.experts[routing.groups[0][0]]
+            weight = torch.cat([self.fc2.weight, expert.weight])
+            bias = torch.cat([self.fc2.bias, expert.bias])
+            return F.linear(hidden_states, weight, bias)
+        shared = self.fc2(hidden_states)
         expert = routing.apply(lambda task, rows: self.experts[task](rows), hidden_states, self.part_features)
         return torch.cat([shared, expert], dim=-1)
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` whose weights may be used directly: not wrapped (PEFT's LoRA layers subclass or replace
+    it) and without hooks (accelerate's offloading moves weights in a pre-forward hook)."""
+    return type(module) is nn.Linear and not module._forward_pre_hooks and not module._forward_hooks
 
 
 # Ops whose outputs the "elementwise" checkpointing keeps: the matmuls and attention kernels (the compute). The
@@ -389,6 +409,20 @@ def _keep_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 def _elementwise_recompute_contexts():
     return create_selective_checkpoint_contexts(_keep_matmul_outputs)
+
+
+# What the "block" checkpointing keeps: the attention kernel's output. Recomputing it costs about as much as the
+# block's four attention projections together, and keeping it costs one (rows, tokens, hidden) tensor per block
+# (benchmarks/TRAINING_MEMORY.md).
+_ATTENTION_OPS = {op for op in _KEPT_OPS if "attention" in str(op)}
+
+
+def _keep_attention_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _block_recompute_contexts():
+    return create_selective_checkpoint_contexts(_keep_attention_outputs)
 
 
 class S5Layer(GradientCheckpointingLayer):
@@ -418,8 +452,14 @@ class S5Layer(GradientCheckpointingLayer):
     def _block(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         attn_output, attn_weights = self._attention_branch(hidden_states, **kwargs)
         hidden_states = hidden_states + attn_output
-        hidden_states = hidden_states + self.drop_path(self._mlp_branch(hidden_states, routing))
-        return hidden_states, attn_weights
+        return self._add_mlp_output(hidden_states, self._mlp_branch(hidden_states, routing)), attn_weights
+
+    def _add_mlp_output(self, hidden_states: torch.Tensor, mlp_output: torch.Tensor) -> torch.Tensor:
+        scale = self.drop_path.scale(mlp_output)
+        if scale is None:
+            return hidden_states + mlp_output
+        # Drop path and residual in one op: one (rows, tokens, hidden) tensor instead of three.
+        return torch.addcmul(hidden_states, mlp_output, scale)
 
     def forward(self, hidden_states: torch.Tensor, routing: TaskRouting, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         mode = self.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
@@ -437,8 +477,7 @@ class S5Layer(GradientCheckpointingLayer):
             mlp_output = checkpoint(self._mlp_branch, hidden_states, routing, use_reentrant=False)
         else:
             mlp_output = self._mlp_branch(hidden_states, routing)
-        hidden_states = hidden_states + self.drop_path(mlp_output)
-        return hidden_states, attn_weights
+        return self._add_mlp_output(hidden_states, mlp_output), attn_weights
 
 
 class S5ChannelLayerNorm(nn.LayerNorm):
@@ -619,15 +658,17 @@ class S5PreTrainedModel(PreTrainedModel):
         - "elementwise": keep the outputs of the matmuls and attention, recompute the layer norms, GELU and
           residual adds: about a third less block memory for a few percent more time;
         - "attention": recompute the norm + attention branch; "mlp": the norm + FFN branch;
-        - "block": recompute the whole block from its input (transformers' `activation_checkpointing_enable`,
-          which keeps working on its own): the least memory, one more forward of the backbone.
+        - "block": recompute the whole block from its input, except the attention kernel, whose output is kept
+          (transformers' `activation_checkpointing_enable`, which keeps working on its own, recomputes it too):
+          the least memory, one more forward of the backbone's projections.
         Every mode gives the loss and gradients of "none" (the recomputation restores the RNG state, so
         dropout and drop path draw the same masks). `benchmarks/TRAINING_MEMORY.md` measures the trade-off.
         """
         part, every = parse_activation_checkpointing(mode)
         self.activation_checkpointing_disable()
         if part == "block":
-            self.activation_checkpointing_enable(every_n_layers=every)
+            self.activation_checkpointing_enable(
+                {"use_reentrant": False, "context_fn": _block_recompute_contexts}, every_n_layers=every)
         layers = [module for module in self.modules() if isinstance(module, S5Layer)]
         for index, layer in enumerate(layers):
             on = part not in ("none", "block") and index % every == 0

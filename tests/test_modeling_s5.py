@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -21,7 +22,7 @@ from transformers import (
 import s5_hf
 from s5_hf import S5Backbone, S5Config, S5ForSemanticSegmentation, S5Model
 from s5_hf.label_sets import MDF_TASKS, get_label_set
-from s5_hf.modeling_s5 import TaskRouting, task_cross_entropy
+from s5_hf.modeling_s5 import S5MLP, TaskRouting, task_cross_entropy
 
 DATA = Path(__file__).resolve().parent / "data"  # reference facts copied into the repository (see data/README.md)
 
@@ -620,3 +621,30 @@ def test_neck_upsampling_equals_the_transposed_convolution(grad):
         theirs = torch.autograd.grad((expected * weights).sum(), [x, reference.weight, reference.bias])
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_single_task_ffn_is_one_product_and_a_wrapped_or_hooked_projection_is_still_called():
+    # One task: the shared and expert output projections run as one product of the stacked weights. A wrapped
+    # projection (PEFT's LoRA layers replace the module) or a hooked one must still run as a module.
+    torch.manual_seed(0)
+    config = tiny_config(tasks=["vaihingen", "loveda"], part_features=8)
+    mlp = S5MLP(config)
+    hidden = torch.randn(2, 5, config.hidden_size)
+    routing = TaskRouting(torch.ones(2, dtype=torch.long))
+    inner = mlp.act(mlp.fc1(hidden))
+    expected = torch.cat([mlp.fc2(inner), mlp.experts[1](inner)], dim=-1)
+    torch.testing.assert_close(mlp(hidden, routing), expected, rtol=0, atol=1e-6)
+    calls = []
+    handle = mlp.experts[1].register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    torch.testing.assert_close(mlp(hidden, routing), expected, rtol=0, atol=1e-6)
+    assert calls == [(2, 5, 8)]
+    handle.remove()
+
+    class Doubled(nn.Linear):  # stands for a wrapper that changes what the module computes
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    doubled = Doubled(config.intermediate_size, 8)
+    doubled.load_state_dict(mlp.experts[1].state_dict())
+    mlp.experts[1] = doubled
+    torch.testing.assert_close(mlp(hidden, routing)[..., -8:], 2 * expected[..., -8:], rtol=0, atol=1e-6)
