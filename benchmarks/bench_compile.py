@@ -1,9 +1,10 @@
 """torch.compile (inductor) vs eager for a training step (forward + backward, no optimizer) of S5, same process.
 
-Why there is no `--torch_compile` training option: on a CPU the step is GEMM-bound (the matmuls already run in
-oneDNN/MKL at a large fraction of the machine's rate), so fusing the elementwise ops gains little, while the
-compilation costs a minute or more per model and task pattern (a mixed-task batch recompiles for every routing
-pattern). Inference has `s5-segment --torch_compile` (benchmarks/bench_inference.py --compare_compile).
+The training programs have `--torch_compile` (meant for GPUs). On a CPU it gains little: the step is GEMM-bound
+(the matmuls already run in oneDNN/MKL at a large fraction of the machine's rate), so fusing the elementwise ops
+saves little, while the compilation costs a minute or more per model and task pattern (a mixed-task batch
+recompiles for every routing pattern). Inference has `s5-segment --torch_compile`
+(benchmarks/bench_inference.py --compare_compile).
 
     python benchmarks/bench_compile.py                 # ViT-B, 512 px, batch 2, one task (a few minutes)
     python benchmarks/bench_compile.py --preset small  # seconds
