@@ -8,7 +8,8 @@ would silently take hours per step. `check_precision` makes that visible:
     dtype = check_precision("cpu", "bf16")          # "bf16" where native, else "no" plus a PrecisionWarning
     dtype = check_precision("cpu", torch.bfloat16, fallback=False)  # keep bf16, warn with the measured factor
 
-The decision (native or not) depends only on the reported hardware capabilities, never on timings, so every
+The decision (native or not) depends only on the reported hardware capabilities (and on an ISA limit set for
+oneDNN, `ONEDNN_MAX_CPU_ISA`, which keeps its kernels below the hardware), never on timings, so every
 process of a distributed run decides the same. The timing probe (square matmuls of at most 512^2, bounded to
 `budget_s`) only measures the factor that the message quotes.
 """
@@ -129,7 +130,45 @@ def cpu_features() -> set[str]:
     return features
 
 
+# oneDNN's ISA levels as the bit masks of its `dnnl_cpu_isa_t`: a limit allows every level whose bits it contains.
+# PyTorch's bf16/fp16 matmuls and convolutions run in oneDNN, so a limit below the bf16 level sends them to slow
+# kernels even on a CPU that has the units (measured: 2.2 GFLOP/s bf16 against 305 fp32 under
+# ONEDNN_MAX_CPU_ISA=AVX2 on an AMX machine).
+_ONEDNN_ISA_BITS = {
+    "sse41": 0x1, "avx": 0x3, "avx2": 0x7, "avx2_vnni": 0xF, "avx2_vnni_2": 0x1F, "avx512_core": 0x27,
+    "avx512_core_vnni": 0x67, "avx512_core_bf16": 0xE7, "avx10_1_512": 0x1EF, "avx512_core_fp16": 0x1EF,
+    "avx10_1_512_amx": 0xFEF, "avx512_core_amx": 0xFEF, "avx10_1_512_amx_fp16": 0x1FEF,
+    "avx512_core_amx_fp16": 0x1FEF,
+}
+_ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # the second is oneDNN's older name
+
+
+def onednn_isa_limit() -> tuple[str, str] | None:
+    """`(variable, value)` of the ISA limit the environment sets for oneDNN, or None when there is none ("ALL",
+    "DEFAULT", unset, or a value oneDNN does not know, which it ignores)."""
+    for variable in _ONEDNN_ISA_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value.lower() in _ONEDNN_ISA_BITS:
+            return variable, value
+        if value:
+            return None
+    return None
+
+
 def _cpu_decision(dtype: torch.dtype, features: set[str]) -> tuple[bool, str]:
+    native, reason = _cpu_units_decision(dtype, features)
+    limit = onednn_isa_limit()
+    if native and limit is not None:
+        needed = "avx512_core_bf16" if dtype == torch.bfloat16 else "avx512_core_amx_fp16"
+        bits = _ONEDNN_ISA_BITS[needed]
+        if _ONEDNN_ISA_BITS[limit[1].lower()] & bits != bits:
+            variable, value = limit
+            return False, (f"{reason} is here, but {variable}={value} keeps oneDNN below {needed.upper()}: "
+                           f"{str(dtype).removeprefix('torch.')} matmuls run on slow kernels")
+    return native, reason
+
+
+def _cpu_units_decision(dtype: torch.dtype, features: set[str]) -> tuple[bool, str]:
     if dtype == torch.bfloat16:
         if "amx_bf16" in features:
             return True, "AMX-BF16"

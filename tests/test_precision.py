@@ -6,6 +6,8 @@ Also the benchmarks' shared measuring helpers (benchmarks/machine.py): FLOP coun
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -209,3 +211,42 @@ def test_case_line_reports_wall_flops_fraction_of_rates_and_memory():
 def test_matmul_rate_is_measured(clock):
     rate = machine.matmul_rate(torch.float32, size=128, repeats=2, clock=clock)
     assert math.isfinite(rate) and rate > 0.01
+
+
+@pytest.mark.parametrize("variables, native", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, False),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),  # oneDNN's older name
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL", "DNNL_MAX_CPU_ISA": "AVX2"}, True),  # the newer name wins, as in oneDNN
+    ({"ONEDNN_MAX_CPU_ISA": "NOT_AN_ISA"}, True),  # oneDNN ignores values it does not know
+])
+def test_a_onednn_isa_limit_below_bf16_makes_bf16_not_native_on_a_cpu_that_has_the_units(
+        monkeypatch, variables, native):
+    calls = fake_cpu(monkeypatch, SAPPHIRE_RAPIDS)
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    report = native_dtype_report("cpu", "bf16")
+    assert report.native == native
+    if native:
+        assert calls == [] and report.reason == "AMX-BF16"
+        return
+    variable, value = next(iter(variables.items()))
+    assert f"{variable}={value} keeps oneDNN below AVX512_CORE_BF16" in report.reason
+    with pytest.warns(PrecisionWarning, match=f"{variable}={value}.*Falling back to float32"):
+        assert check_precision("cpu", "bf16") == "no"
+
+
+def test_the_onednn_limit_is_measured_for_real_in_a_fresh_process():
+    # oneDNN reads its ISA limit once, when it starts: a fresh interpreter with the limit set, on the real probe.
+    code = ("from s5_hf.precision import native_dtype_report; r = native_dtype_report('cpu', 'bf16'); "
+            "print(r.native, r.slowdown)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    native, slowdown = out.stdout.split()
+    assert native == "False"
+    assert float(slowdown) > 5  # AVX2 kernels for bf16: far slower than fp32 (measured: about 140x on AMX)
