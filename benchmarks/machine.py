@@ -46,9 +46,9 @@ class MatmulRates:
         return {torch.float32: self.float32, torch.bfloat16: self.bfloat16}.get(dtype)
 
     def describe(self) -> str:
-        bf16 = f"{self.bfloat16:.0f}" if self.bfloat16 is not None else "not measured (not native)"
+        bf16 = f"{self.bfloat16:.0f} GFLOP/s" if self.bfloat16 is not None else "not measured (not native)"
         per = "" if self.clock == "wall" else f" per CPU-second ({torch.get_num_threads()} thread(s))"
-        return f"{self.size}^2 GEMM on {self.device}: fp32 {self.float32:.0f} GFLOP/s, bf16 {bf16} GFLOP/s{per}"
+        return f"{self.size}^2 GEMM on {self.device}: fp32 {self.float32:.0f} GFLOP/s, bf16 {bf16}{per}"
 
 
 def _sync(device: torch.device) -> None:

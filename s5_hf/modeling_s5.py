@@ -324,9 +324,8 @@ class S5DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return hidden_states
-        return hidden_states * self.scale(hidden_states)
+        scale = self.scale(hidden_states)
+        return hidden_states if scale is None else hidden_states * scale
 
     def scale(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         """The per-sample factor (0 or 1 / keep probability, broadcastable to `hidden_states`), or None when
