@@ -25,7 +25,9 @@ synthetic (random images; labels in range with a few ignore / 255 pixels; padded
 Each case runs in a fresh subprocess, one warm-up step then --steps timed steps. Memory is the subprocess's own
 high-water mark (VmHWM, which exec resets; ru_maxrss is not used because a child started by fork/vfork + exec
 inherits the parent's maximum in it), against the RSS after building model, optimizer and inputs. The AdamW
-state (2 x parameters) is created by the first step, so it is part of the step's extra memory.
+state (2 x parameters) is created by the first step, so it is part of the step's extra memory. Every case allocates
+as the training programs do on CPU (`--cpu_memory programs`: `s5_hf.heap.configure_cpu_memory`) unless told otherwise;
+the table also counts the timed steps' minor page faults (fresh pages the kernel zeroed).
 
     python benchmarks/bench_training.py                          # small 128 px + ViT-B 512 px (~20-35 min, 2 cores)
     python benchmarks/bench_training.py --sizes small --steps 1  # smoke run, seconds
@@ -37,13 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import resource
 import subprocess
 import sys
 
 import torch
 
 from s5_hf import S5Config, S5ForSemanticSegmentation
+from s5_hf.heap import configure_cpu_memory, limit_heap_fragmentation
 from s5_hf.label_sets import MDF_TASKS, VOID_ID
 from s5_hf.modeling_s5 import parse_activation_checkpointing
 from s5_hf.training.loop import fused_adamw_supported
@@ -60,7 +63,12 @@ KINDS = {  # name -> (label, checkpointing mode)
     "mdf_mixed": ("MDF mixed one forward", None),
     "mdf_mixed_ckpt": ("MDF mixed + grad. ckpt", "block"),
 }
-CASE_ENV = None  # environment of the case subprocesses (None: this one's); see --malloc_mmap_threshold
+CPU_MEMORY = {  # --cpu_memory: how a case allocates (s5_hf.heap)
+    "programs": "what the training programs set on CPU: mmap threshold + CPU block cache",
+    "mmap": "glibc's mmap threshold of s5_hf.heap only",
+    "glibc": "glibc's default heap",
+}
+MEMORY = "programs"  # the --cpu_memory of this run
 TABLE_KINDS = {"mdf": "MDF step, one dataset", "s4p": "S4P step", "mdf_mixed": "MDF mixed, 4 datasets"}
 
 
@@ -94,10 +102,15 @@ def unlabeled_batch(batch: int, size: int, generator: torch.Generator) -> tuple[
 
 
 def train_case(size: str, kind: str, batch: int, steps: int, threads: int | None, mode: str | None = None,
-               flops: bool = False) -> dict:
+               flops: bool = False, memory: str = "programs") -> dict:
     """Runs in a subprocess: build model, optimizer and inputs, take the baseline RSS, then 1 + `steps` steps.
 
-    `mode`: `set_activation_checkpointing` mode (None: the kind's own); `flops`: count the warm-up step's FLOPs."""
+    `mode`: `set_activation_checkpointing` mode (None: the kind's own); `flops`: count the warm-up step's FLOPs;
+    `memory`: a `CPU_MEMORY` setting, made before anything is allocated."""
+    if memory == "programs":
+        configure_cpu_memory()
+    elif memory == "mmap":
+        limit_heap_fragmentation()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -140,21 +153,23 @@ def train_case(size: str, kind: str, batch: int, steps: int, threads: int | None
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up (also allocates the AdamW state)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times, cpu = time_calls(step, steps)
     peak = peak_rss_mb()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     # FLOPs (recomputation included) on one more step, after the peak is read: under FlopCounterMode the same step
     # reaches a higher high-water mark (+0.4 GB for the ViT-B MDF step in block mode).
     step_flops = count_flops(step) if flops else None
     return {"seconds_per_step": sum(times) / len(times), "min_seconds": min(times), "images_per_step": images_per_step,
             "cpu_seconds_per_step": sum(cpu) / len(cpu), "baseline_mb": baseline, "peak_mb": peak,
             "params_m": params / 1e6, "threads": torch.get_num_threads(), "flops": step_flops,
-            "mode": model.activation_checkpointing}
+            "mode": model.activation_checkpointing, "minor_faults_per_step": faults, "memory": memory}
 
 
 def run_case(size: str, kind: str, batch: int, steps: int, threads: int | None, mode: str | None = None,
-             flops: bool = False) -> dict:
-    args = json.dumps([size, kind, batch, steps, threads, mode, flops])
-    out = subprocess.run([sys.executable, __file__, "--_case", args], capture_output=True, text=True, env=CASE_ENV)
+             flops: bool = False, memory: str | None = None) -> dict:
+    args = json.dumps([size, kind, batch, steps, threads, mode, flops, memory or MEMORY])
+    out = subprocess.run([sys.executable, __file__, "--_case", args], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"case {size}/{kind}/{mode} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -166,7 +181,7 @@ def bench_table(size: str, kinds: list[str], modes: list[str], batch: int, steps
     print(f"\n{size} at {SIZES[size]['image_size']} px, batch {batch} per stream/dataset, fp32, AdamW lr 5e-5, "
           f"1 warm-up (FLOPs counted) + {steps} timed step(s), fresh subprocess per row; {rates.describe()}")
     header = ("| step | checkpointing | s/step (min) | CPU s/step | peak RSS MB | step extra MB | peak / none "
-              "| time / none | CPU / none | GFLOP/step | % of fp32 rate |")
+              "| time / none | CPU / none | GFLOP/step | % of fp32 rate | page faults/step |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for kind in kinds:
@@ -179,7 +194,7 @@ def bench_table(size: str, kinds: list[str], modes: list[str], batch: int, steps
                   f"{r['peak_mb']:,.0f} | {r['peak_mb'] - r['baseline_mb']:,.0f} | {r['peak_mb'] / base['peak_mb']:.2f} | "
                   f"{s / base['seconds_per_step']:.2f} | "
                   f"{r['cpu_seconds_per_step'] / base['cpu_seconds_per_step']:.2f} | {gflop:,.0f} | "
-                  f"{100 * gflop / s / rates.float32:.0f}% |", flush=True)
+                  f"{100 * gflop / s / rates.float32:.0f}% | {r['minor_faults_per_step'] / 1e6:.2f} M |", flush=True)
     print(f"(CPU threads per case: {base['threads']}; the fp32 rate is wall-clock GFLOP/s of {rates.size}^2 GEMMs)")
 
 
@@ -220,9 +235,9 @@ def main() -> None:
                         "modes compared with 'none' (default elementwise,attention,mlp,block)")
     parser.add_argument("--table", action="store_true", help="the checkpointing trade-off table (see above)")
     parser.add_argument("--kinds", default="mdf,s4p", help=f"steps of --table, comma-separated: {', '.join(TABLE_KINDS)}")
-    parser.add_argument("--malloc_mmap_threshold", type=int, help="bytes: run every case with glibc's "
-                        "MALLOC_MMAP_THRESHOLD_ fixed at this value (e.g. 131072), so that freed activations go back to "
-                        "the system instead of fragmenting the heap (see TRAINING_MEMORY.md)")
+    parser.add_argument("--cpu_memory", choices=list(CPU_MEMORY), default="programs", help="how every case "
+                        "allocates: " + "; ".join(f"{k}: {v}" for k, v in CPU_MEMORY.items()) + " (default programs; "
+                        "see s5_hf.heap and TRAINING_MEMORY.md)")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._case:
@@ -240,10 +255,9 @@ def main() -> None:
             parse_activation_checkpointing(mode)
         except ValueError as error:
             parser.error(str(error))
-    global CASE_ENV
-    if args.malloc_mmap_threshold:
-        CASE_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)}
-    print(machine_line() + (f", cases with MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if CASE_ENV else ""))
+    global MEMORY
+    MEMORY = args.cpu_memory
+    print(machine_line() + f", cases' memory: {CPU_MEMORY[MEMORY]}")
     if args.table:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
         unknown = [k for k in kinds if k not in TABLE_KINDS]

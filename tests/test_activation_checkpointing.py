@@ -15,6 +15,7 @@ from s5_hf.modeling_s5 import S5EncoderOutput, TaskRouting, parse_activation_che
 
 MODES = ["elementwise", "attention", "mlp", "block", "block:2", "mlp:3", "elementwise:2"]
 TASKS = ["potsdam", "loveda", "potsdam", "loveda"]  # interleaved: the mixed batch runs sorted by task
+INTERMEDIATE = 128  # tiny_model's FFN width (4 x hidden)
 
 
 def tiny_model(**overrides) -> S5ForSemanticSegmentation:
@@ -77,6 +78,8 @@ class _CountOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         self.counts[name] = self.counts.get(name, 0) + 1
+        if name == "addmm" and args[1].shape[-1] == INTERMEDIATE:  # the FFN's output projection, forward
+            self.counts["addmm intermediate"] = self.counts.get("addmm intermediate", 0) + 1
         return func(*args, **(kwargs or {}))
 
 
@@ -84,7 +87,11 @@ def backward_ops(mode: str) -> dict[str, int]:
     """Ops run during the backward pass: recomputed forward ops show up here. (Without attention dropout, as in the
     presets, attention is one fused kernel.)"""
     model = tiny_model(attention_probs_dropout_prob=0.0)
-    model.set_activation_checkpointing(mode)
+    assert model.config.intermediate_size == INTERMEDIATE
+    if mode is None:  # transformers' own API
+        model.activation_checkpointing_enable()
+    else:
+        model.set_activation_checkpointing(mode)
     images, labels = batch()
     loss = model(images, task="potsdam", labels=labels).loss
     with _CountOps() as counter:
@@ -105,6 +112,14 @@ def test_each_mode_recomputes_what_it_says(mode, norms, linears, attention):
     assert counts.get("native_layer_norm", 0) == norms
     assert (counts.get("addmm", 0) > 0) == linears
     assert sum(v for k, v in counts.items() if k.startswith("_scaled_dot_product") and "backward" not in k) == attention
+    # No mode runs the FFN's output projection again: the backward pass needs only its inputs. (In "block", the
+    # drop-path mask saved after it would make the recomputation run it, were the residual inside the checkpoint.)
+    assert counts.get("addmm intermediate", 0) == 0
+
+
+def test_transformers_api_recomputes_the_whole_block():
+    counts = backward_ops(None)
+    assert counts.get("addmm intermediate", 0) > 0 and counts.get("native_layer_norm", 0) == 8
 
 
 def test_mode_is_read_back_and_reset_and_transformers_api_still_works():

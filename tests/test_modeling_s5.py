@@ -623,6 +623,81 @@ def test_neck_upsampling_equals_the_transposed_convolution(grad):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_neck_upsampling_composed_with_a_1x1_projection_equals_the_two_layers(grad):
+    """`S5Upsample2x(x, projection)` computes conv1x1(upsample(x)) (the decoder's first lateral convolution,
+    composed): same outputs and, in training, the same gradients for the input, the upsampling and the projection."""
+    from s5_hf.modeling_s5 import S5Upsample2x
+
+    torch.manual_seed(0)
+    layer = S5Upsample2x(8)
+    torch.nn.init.normal_(layer.bias)
+    conv = nn.Conv2d(8, 3, 1, bias=False)
+    x = torch.randn(2, 8, 6, 5).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out, expected = layer(x, conv.weight.flatten(1)), conv(layer(x))
+    assert out.shape == (2, 3, 12, 10)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if grad:
+        weights = torch.randn_like(expected)
+        inputs = [x, layer.weight, layer.bias, conv.weight]
+        ours = torch.autograd.grad((out * weights).sum(), inputs)
+        theirs = torch.autograd.grad((expected * weights).sum(), inputs)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_composed_neck_and_decoder_give_the_module_path_logits_and_gradients(train):
+    """`_decode` composes the neck's last upsampling with the first lateral convolution; a hooked convolution makes
+    it run the modules one by one, which must give the same logits (and gradients)."""
+    model = tiny_model(tasks=["potsdam"]).train(train)
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 6, (2, 64, 64))
+    conv = model.decoders[0].lateral_convs[0][0]
+    assert model.s5.neck.composes_with(conv)
+    results = []
+    for hooked in (False, True):
+        handle = conv.register_forward_hook(lambda module, args, out: None) if hooked else None
+        assert model.s5.neck.composes_with(conv) is not hooked
+        model.zero_grad()
+        torch.manual_seed(1)
+        out = model(images, labels=labels)
+        if train:
+            out.loss.backward()
+        results.append((out.logits.detach(), conv.weight.grad, model.s5.neck.to_stride4[-1].weight.grad))
+        if handle:
+            handle.remove()
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+    if train:
+        for a, b in zip(results[0][1:], results[1][1:]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_modules_with_replaced_forward_are_not_composed_or_fused():
+    # accelerate's hooks (offloading) replace an instance's forward to bring its weights in first: such a module must
+    # be called, not have its weights read directly.
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from s5_hf.modeling_s5 import _plain
+
+    model = tiny_model(tasks=["potsdam"])
+    conv, fc2 = model.decoders[0].lateral_convs[0][0], model.s5.encoder.layer[0].mlp.fc2
+    assert _plain(conv, nn.Conv2d) and _plain(fc2, nn.Linear)
+    calls = []
+
+    class Count(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            calls.append(type(module).__name__)
+            return args, kwargs
+
+    add_hook_to_module(conv, Count())
+    add_hook_to_module(fc2, Count())
+    assert not model.s5.neck.composes_with(conv) and not _plain(fc2, nn.Linear)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert sorted(calls) == ["Conv2d", "Linear"]
+
+
 def test_single_task_ffn_is_one_product_and_a_wrapped_or_hooked_projection_is_still_called():
     # One task: the shared and expert output projections run as one product of the stacked weights. A wrapped
     # projection (PEFT's LoRA layers replace the module) or a hooked one must still run as a module.

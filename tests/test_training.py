@@ -686,18 +686,6 @@ def test_report_to_names_a_missing_tracker_package(monkeypatch):
     assert trackers_for("all") == ["wandb"] and trackers_for("wandb") == ["wandb"]
 
 
-def test_cpu_training_limits_heap_fragmentation(monkeypatch):
-    import platform
-
-    from s5_hf.heap import MMAP_THRESHOLD, limit_heap_fragmentation
-
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    expected = MMAP_THRESHOLD if platform.libc_ver()[0] == "glibc" else None
-    assert limit_heap_fragmentation() == expected
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice stays
-    assert limit_heap_fragmentation() is None
-
-
 def test_activation_checkpointing_option(tmp_path):
     from s5_hf.training.arguments import MDFRunArguments
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser
 from ..data.images import parse_bands
-from ..heap import limit_heap_fragmentation
+from ..heap import configure_cpu_memory
 from ..image_processing_s5 import S5ImageProcessor
 from .scenes import SceneError, is_remote
 from .segment_files import (
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --model {args.model}: no such folder.", file=sys.stderr)
         return 2
     if str(args.device).startswith("cpu"):
-        limit_heap_fragmentation()  # before the weights and activations are allocated (s5_hf.heap)
+        configure_cpu_memory()  # before the weights and activations are allocated (s5_hf.heap)
     try:
         model, processor = load_model(str(Path(args.model).expanduser()) if _looks_like_path(args.model)
                                       else args.model, args.device, args.trust_remote_code)

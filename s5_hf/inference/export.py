@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..cli import ArgumentParser
@@ -66,9 +65,7 @@ class SingleTaskLogits(nn.Module):
         model, config = self.model, self.model.config
         embeddings, grid = model.s5.embeddings(pixel_values)
         stages = model.s5.encoder(embeddings, _WholeBatch(), config.out_indices).stages
-        logits = model.classifiers[0](model.decoders[0](model.s5.neck(stages_to_maps(stages, grid))))
-        return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear",
-                             align_corners=config.logits_align_corners)
+        return model._upsample(model._decode(0, stages_to_maps(stages, grid)), pixel_values.shape[-2:])
 
 
 def _require(module: str):

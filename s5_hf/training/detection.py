@@ -222,7 +222,7 @@ def main(argv=None) -> dict:
 
     model = build_model(parsed)
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
+        model.set_activation_checkpointing("block")
     groups = param_groups(model, args.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999),
                                   fused=fused_adamw_supported(p for group in groups for p in group["params"]))

@@ -53,7 +53,7 @@ from .. import files
 from ..configuration_s5 import S5Config
 from ..image_processing_s5 import S5ImageProcessor
 from ..evaluation.metrics import save_confusion_matrix_png
-from ..heap import limit_heap_fragmentation
+from ..heap import configure_cpu_memory
 from ..precision import check_accelerate_precision
 from ..visualize import line_chart, save_png
 
@@ -124,7 +124,7 @@ def make_accelerator(training, arguments: Mapping[str, Any]) -> Session:
             "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N ...`.")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.device.type == "cpu":
-        limit_heap_fragmentation()
+        configure_cpu_memory()
     record = {**arguments, "mixed_precision": mixed_precision}
     if hasattr(training, "checkpointing_mode"):  # what runs, also when the default applies
         record["activation_checkpointing"] = training.checkpointing_mode()
