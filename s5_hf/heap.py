@@ -11,9 +11,9 @@ does (`configure_cpu_memory`):
    `csrc/cpu_block_cache.cpp`, compiled once with the system's C++ compiler). Where it cannot be built, runs keep
    setting 1 alone.
 
-Measured (benchmarks/TRAINING_MEMORY.md, fourth measurement): the ViT-B MDF training step in `block` checkpointing
-peaks at 2,774 MB with setting 1 against 3,227 MB with glibc's default heap, but takes 6.2 M page faults instead of
-2.2 M and about 1 s more; with the cache too, 2.2 M faults and that second back, for 65 MB more peak (2,839 MB).
+Measured (benchmarks/TRAINING_MEMORY.md, fourth measurement), the ViT-B MDF training step in `block` checkpointing:
+glibc's default heap peaks at 3,227 MB; setting 1 alone at 2,774 MB, but with 1.9 M page faults per step and about
+1 s more per step (9.98-11.08 s); both settings at 2,839 MB with 0.6 M faults (9.06-9.99 s, same runs).
 
 Choices stay the user's: `MALLOC_MMAP_THRESHOLD_` (bytes) set in the environment keeps setting 1 out, and
 `S5_CPU_BLOCK_CACHE_MB` sets the idle limit of setting 2 (0: no cache).

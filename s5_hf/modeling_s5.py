@@ -516,12 +516,13 @@ class S5Upsample2x(nn.ConvTranspose2d):
         super().__init__(channels, channels, kernel_size=2, stride=2)
 
     def forward(self, hidden_states: torch.Tensor, projection: torch.Tensor | None = None) -> torch.Tensor:
-        """`projection` (out, channels), optional: the weight of a bias-free 1x1 convolution to apply to the output.
+        """`projection` (out, channels[, 1, 1]), optional: the weight of a bias-free 1x1 convolution to apply to the output.
         Both are linear, so it is composed with this layer's weights and the output comes out with `out` channels
         from one product on the input pixels, never materialising the `channels`-wide upsampled map."""
         batch, channels, height, width = hidden_states.shape
         weight, bias = self.weight, self.bias  # (in, out, 2, 2), (out,)
         if projection is not None:
+            projection = projection.flatten(1)
             weight, bias = torch.einsum("icab,pc->ipab", weight, projection), projection @ bias
         out_channels = weight.shape[1]
         pixels = hidden_states.permute(0, 2, 3, 1).reshape(-1, channels)
@@ -555,7 +556,7 @@ class S5Neck(nn.Module):
 
     def forward(self, maps: Sequence[torch.Tensor], stride4_projection: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, ...]:
-        """`stride4_projection`: the weight (out, hidden) of a bias-free 1x1 convolution that the stride-4 map
+        """`stride4_projection`: the weight (out, hidden, 1, 1) of a bias-free 1x1 convolution that the stride-4 map
         comes out already projected by, composed with the last upsampling (`S5Upsample2x`)."""
         if stride4_projection is None:
             stride4 = self.to_stride4(maps[0])
@@ -1113,7 +1114,9 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         neck, decoder = self.s5.neck, self.decoders[task]
         conv = decoder.lateral_convs[0][0]
         if neck.composes_with(conv):
-            maps = neck(feature_maps, stride4_projection=conv.weight.flatten(1))
+            # The parameter itself, not a view: a view made without gradients but of a parameter that requires
+            # them has no autograd node, which module hooks (torch's ModuleTracker, under FlopCounterMode) reject.
+            maps = neck(feature_maps, stride4_projection=conv.weight)
             return self.classifiers[task](decoder(maps, stride4_projected=True))
         return self.classifiers[task](decoder(neck(feature_maps)))
 

@@ -671,6 +671,13 @@ def test_composed_neck_and_decoder_give_the_module_path_logits_and_gradients(tra
     if train:
         for a, b in zip(results[0][1:], results[1][1:]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # Module hooks that track autograd (FlopCounterMode's ModuleTracker) accept the composed call, also without
+    # gradients (the S4P teacher's forward).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images)
+    assert counter.get_total_flops() > 0
 
 
 def test_modules_with_replaced_forward_are_not_composed_or_fused():
