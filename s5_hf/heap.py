@@ -128,10 +128,16 @@ def _build() -> Path | None:
     target = folder / f"cpu_block_cache-{key}.so"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: processes starting together (one per rank) never load a half-written
-    # file.
-    handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+    logger.info("Compiling the CPU block cache into %s (once per torch version).", target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Built under a temporary name and renamed: processes starting together (one per rank) never load a
+        # half-written file.
+        handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+    except OSError as error:
+        logger.warning("Cannot write the CPU block cache's library to %s (%s); CPU runs take more page faults. Set "
+                       "XDG_CACHE_HOME to a writable folder to build it.", folder, error)
+        return None
     os.close(handle)
     try:
         result = subprocess.run([*command, "-o", partial], capture_output=True, text=True)

@@ -146,4 +146,12 @@ def test_block_cache_settings_and_fallbacks(monkeypatch, tmp_path, caplog):
         assert heap.cache_cpu_blocks(16) is False
     assert "Could not compile" in caplog.text
     assert not list((tmp_path / "s5_hf").iterdir())  # no half-written library left behind
+    monkeypatch.delenv("CXX")
+    read_only = tmp_path / "read-only"
+    read_only.write_text("a file, not a folder")  # the cache folder cannot be made under it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="s5_hf.heap"):
+        assert heap.cache_cpu_blocks(16) is False
+    assert "Cannot write the CPU block cache's library" in caplog.text
     assert heap.block_cache_stats() == dict.fromkeys(("hits", "misses", "idle_bytes", "idle_blocks", "live_blocks"), 0)
