@@ -958,10 +958,11 @@ def task_cross_entropy(
             f"{task_name}: label ids {values} are outside the {num_classes} classes 0..{num_classes - 1} "
             f"(ignored ids: {ignore_index} and {VOID_ID})."
         )
-    if bool(ignored.all()):
-        return logits.float().sum() * 0.0
-    # F.cross_entropy is one fused log-softmax + NLL: no probability tensor besides the log-softmax it keeps.
-    return F.cross_entropy(logits.float(), labels.masked_fill(ignored, -100), ignore_index=-100)
+    # F.cross_entropy is one fused log-softmax + NLL: no probability tensor besides the log-softmax it keeps. Summed,
+    # then divided by at least 1 valid pixel: the mean over the valid pixels, 0 (still attached to the graph) when
+    # there are none, without asking the device whether there are (a sync, and a torch.compile graph break).
+    total = F.cross_entropy(logits.float(), labels.masked_fill(ignored, -100), ignore_index=-100, reduction="sum")
+    return total / (~ignored).sum().clamp(min=1)
 
 
 class S5ForSemanticSegmentation(S5PreTrainedModel):
