@@ -564,11 +564,16 @@ class S5Neck(nn.Module):
             stride4 = self.to_stride4[-1](self.to_stride4[:-1](maps[0]), stride4_projection)
         return stride4, self.to_stride8(maps[1]), maps[2], self.to_stride32(maps[3])
 
-    def composes_with(self, conv: nn.Module) -> bool:
-        """Whether the last stride-4 upsampling may run composed with `conv` (see `forward`): a plain bias-free
-        1x1 convolution, and a plain upsampling."""
+    def composes_with(self, lateral: nn.Module) -> bool:
+        """Whether the last stride-4 upsampling may run composed with the convolution of `lateral` (a decoder's
+        first `S5ConvBNReLU`; see `forward`): it must be a bias-free 1x1 convolution, and no module whose call
+        the composition skips (the stride-4 stack, the upsampling's own call, the lateral block and its
+        convolution) may be wrapped or hooked."""
+        if not _plain(lateral, S5ConvBNReLU):
+            return False
+        conv = lateral[0]
         return (_plain(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None and conv.groups == 1
-                and _plain(self.to_stride4[-1], S5Upsample2x))
+                and _plain(self.to_stride4, nn.Sequential) and _plain(self.to_stride4[-1], S5Upsample2x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1113,11 +1118,11 @@ class S5ForSemanticSegmentation(S5PreTrainedModel):
         instead of 52 GFLOP forward, and as much saved twice in the backward pass), and no hidden-wide stride-4
         map (96 MB kept for the backward pass there)."""
         neck, decoder = self.s5.neck, self.decoders[task]
-        conv = decoder.lateral_convs[0][0]
-        if neck.composes_with(conv):
+        lateral = decoder.lateral_convs[0]
+        if neck.composes_with(lateral):
             # The parameter itself, not a view: a view made without gradients but of a parameter that requires
             # them has no autograd node, which module hooks (torch's ModuleTracker, under FlopCounterMode) reject.
-            maps = neck(feature_maps, stride4_projection=conv.weight)
+            maps = neck(feature_maps, stride4_projection=lateral[0].weight)
             return self.classifiers[task](decoder(maps, stride4_projected=True))
         return self.classifiers[task](decoder(neck(feature_maps)))
 

@@ -653,12 +653,18 @@ def test_composed_neck_and_decoder_give_the_module_path_logits_and_gradients(tra
     it run the modules one by one, which must give the same logits (and gradients)."""
     model = tiny_model(tasks=["potsdam"]).train(train)
     images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 6, (2, 64, 64))
-    conv = model.decoders[0].lateral_convs[0][0]
-    assert model.s5.neck.composes_with(conv)
+    lateral = model.decoders[0].lateral_convs[0]
+    conv = lateral[0]
+    assert model.s5.neck.composes_with(lateral)
+    # Every module whose call the composition skips keeps the module path when hooked.
+    for skipped in (conv, lateral, model.s5.neck.to_stride4, model.s5.neck.to_stride4[-1]):
+        handle = skipped.register_forward_pre_hook(lambda module, args: None)
+        assert not model.s5.neck.composes_with(lateral)
+        handle.remove()
     results = []
     for hooked in (False, True):
         handle = conv.register_forward_hook(lambda module, args, out: None) if hooked else None
-        assert model.s5.neck.composes_with(conv) is not hooked
+        assert model.s5.neck.composes_with(lateral) is not hooked
         model.zero_grad()
         torch.manual_seed(1)
         out = model(images, labels=labels)
@@ -688,7 +694,8 @@ def test_modules_with_replaced_forward_are_not_composed_or_fused():
     from s5_hf.modeling_s5 import _plain
 
     model = tiny_model(tasks=["potsdam"])
-    conv, fc2 = model.decoders[0].lateral_convs[0][0], model.s5.encoder.layer[0].mlp.fc2
+    lateral, fc2 = model.decoders[0].lateral_convs[0], model.s5.encoder.layer[0].mlp.fc2
+    conv = lateral[0]
     assert _plain(conv, nn.Conv2d) and _plain(fc2, nn.Linear)
     calls = []
 
@@ -699,7 +706,7 @@ def test_modules_with_replaced_forward_are_not_composed_or_fused():
 
     add_hook_to_module(conv, Count())
     add_hook_to_module(fc2, Count())
-    assert not model.s5.neck.composes_with(conv) and not _plain(fc2, nn.Linear)
+    assert not model.s5.neck.composes_with(lateral) and not _plain(fc2, nn.Linear)
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert sorted(calls) == ["Conv2d", "Linear"]
