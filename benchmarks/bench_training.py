@@ -12,7 +12,7 @@ makes it (the fused kernel where it applies):
   of the mixed step's speed-up).
 * MDF mixed + gradient checkpointing (`model.set_activation_checkpointing("block")`; baseline: MDF mixed without).
 * MDF one dataset (`mdf`, table mode only): the default MDF step of the issue, the 4-expert model with B images
-  of one dataset (potsdam) through `mdf_losses`.
+  of one dataset (vaihingen, the first of MDF_TASKS) through `mdf_losses`.
 
 Table mode (`--table`) is the memory/time trade-off of `model.set_activation_checkpointing(MODE)`: every mode of
 `--checkpointing` (plus "none", the baseline) for every step of `--kinds`, each in a fresh subprocess, with
