@@ -4,6 +4,7 @@ PyTorch's CPU allocator for the whole process, so its tests run in fresh interpr
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -31,8 +32,6 @@ def build_cache(tmp_path_factory):
 
 
 def run_fresh(code: str, **env) -> str:
-    import os
-
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                             env={**os.environ, **env}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

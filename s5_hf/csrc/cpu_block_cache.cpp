@@ -42,34 +42,33 @@ class BlockCache final : public c10::Allocator {
       return {ptr, ptr, &c10::free_cpu, c10::Device(c10::DeviceType::CPU)};
     }
     const size_t size = (n + kPage - 1) / kPage * kPage;
-    Block* block = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = idle_.find(size);
-      if (it != idle_.end() && !it->second.empty()) {
-        block = it->second.back();
+      if (it != idle_.end() && !it->second.empty()) {  // a hit: taken and recorded live under one lock
+        Block* block = it->second.back();
         it->second.pop_back();
         lru_.erase(block->lru);
         idle_bytes_ -= size;
+        live_[block->ptr] = block;
+        hits_++;
+        return {block->ptr, block->ptr, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
       }
     }
-    if (block) {
-      hits_++;
-    } else {
-      void* ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (ptr == MAP_FAILED) {
-        release_idle();  // the cached blocks may be what stands in the way
-        ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        TORCH_CHECK_WITH(OutOfMemoryError, ptr != MAP_FAILED, "s5_hf CPU block cache: cannot map ", size, " bytes");
-      }
-      block = new Block{ptr, size, {}};
-      misses_++;
+    // A miss maps outside the lock (the kernel call is the slow part).
+    void* ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ptr == MAP_FAILED) {
+      release_idle();  // the cached blocks may be what stands in the way
+      ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      TORCH_CHECK_WITH(OutOfMemoryError, ptr != MAP_FAILED, "s5_hf CPU block cache: cannot map ", size, " bytes");
     }
+    Block* block = new Block{ptr, size, {}};
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      live_[block->ptr] = block;
+      live_[ptr] = block;
     }
-    return {block->ptr, block->ptr, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
+    misses_++;
+    return {ptr, ptr, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
   }
 
   // Every pointer this allocator hands out, small or large, is freed through here (oneDNN frees through
@@ -79,9 +78,10 @@ class BlockCache final : public c10::Allocator {
   void free(void* ptr) {
     std::vector<Block*> evicted;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::unique_lock<std::mutex> lock(mutex_);
       auto found = live_.find(ptr);
-      if (found == live_.end()) {
+      if (found == live_.end()) {  // a small block: PyTorch's own, freed outside the lock
+        lock.unlock();
         c10::free_cpu(ptr);
         return;
       }
